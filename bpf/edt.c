@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR MIT)
+//
+// netshape EDT rate limiter.
+//
+// Attached at tc egress of a device whose root qdisc is fq. For every packet it
+// computes an earliest departure time (skb->tstamp) from the packet's budget:
+// one virtual FIFO clock per budget, advanced by wire_len / rate. fq holds the
+// packet until that time. Any number of devices (in any netns) share a budget:
+// each attachment is its own program instance whose read-only budget_id picks
+// the budget, so no per-packet lookup depends on an ifindex.
+//
+// Three refinements over plain EDT (see docs/DESIGN.md for the measurements):
+//  - drop horizon: a packet whose budget backlog *before* it exceeds
+//    horizon_ns is dropped, so a sender without backpressure cannot queue
+//    unboundedly (measured before the packet so one big GSO packet always fits);
+//  - CE marking: above ce_ns an ECN-capable packet is CE-marked (it still
+//    waits for its slot, the rate stays exact) so ECN senders back off early;
+//  - express for sparse flows: a small packet of a flow with nothing of its own
+//    in flight leaves now instead of behind the bulk queue. It is still charged
+//    to the budget clock, so the long-run rate is unchanged; only order changes.
+//    Express stops once the backlog passes express_ns, bounding any burst.
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+
+#define NSEC_PER_SEC 1000000000ULL
+
+// A departure time further ahead than this is not a pacing decision of the
+// local stack (TCP paces at most a few ms ahead); it is a receive timestamp on
+// another clock and must not be honoured, or the packet would wait for years.
+#define TSTAMP_MAX_AHEAD_NS NSEC_PER_SEC
+
+struct budget_cfg {
+	__u64 rate_bps;      // bits per second; 0 = no limit (fail open)
+	__u64 horizon_ns;    // drop when the backlog before the packet exceeds this
+	__u64 ce_ns;         // CE-mark when the backlog exceeds this; 0 = never
+	__u64 express_ns;    // express allowed while the backlog is below this; 0 = off
+	__u32 express_bytes; // largest packet that may go express
+	__u32 _pad;
+};
+
+struct budget_state {
+	struct bpf_spin_lock lock;
+	__u32 _pad;
+	__u64 t_last; // departure time at which the budget is next free
+};
+
+struct budget_stats {
+	__u64 bytes;   // bytes passed (wire length)
+	__u64 packets; // packets passed
+	__u64 delayed; // packets given a departure time in the future
+	__u64 dropped; // packets dropped at the horizon
+	__u64 marked;  // packets CE-marked
+	__u64 express; // packets sent ahead of the queue as a sparse flow
+};
+
+struct flow_key {
+	__u32 budget;
+	__u32 hash;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct budget_cfg);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} netshape_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct budget_state);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} netshape_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct budget_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} netshape_stats SEC(".maps");
+
+// Per flow: the time its last packet's slot ends. A flow whose slot has passed
+// has nothing of its own waiting and counts as sparse.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct flow_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} netshape_flows SEC(".maps");
+
+// Set by the loader for each attachment.
+volatile const __u32 budget_id = 0;
+
+// TC_ACT_UNSPEC (== TCX_NEXT) lets any other program or filter on the device
+// run and decide; we only ever add a timestamp or drop.
+#define PASS TC_ACT_UNSPEC
+
+SEC("tc")
+int netshape_edt(struct __sk_buff *skb)
+{
+	__u32 id = budget_id;
+	struct budget_cfg *cfg = bpf_map_lookup_elem(&netshape_cfg, &id);
+	if (!cfg || !cfg->rate_bps)
+		return PASS;
+	struct budget_state *st = bpf_map_lookup_elem(&netshape_state, &id);
+	if (!st)
+		return PASS;
+	struct budget_stats *cnt = bpf_map_lookup_elem(&netshape_stats, &id);
+
+	__u64 len = skb->wire_len ? skb->wire_len : skb->len;
+	__u64 cost = len * 8 * NSEC_PER_SEC / cfg->rate_bps;
+	__u64 now = bpf_ktime_get_ns();
+
+	__u64 ts = skb->tstamp;
+	if (ts < now || ts - now > TSTAMP_MAX_AHEAD_NS)
+		ts = now;
+
+	struct flow_key fk = { .budget = id, .hash = bpf_get_hash_recalc(skb) };
+	__u64 *flow_end = bpf_map_lookup_elem(&netshape_flows, &fk);
+	int sparse = len <= cfg->express_bytes && (!flow_end || *flow_end <= now);
+
+	__u64 start, backlog, depart;
+	int drop = 0, express = 0;
+
+	bpf_spin_lock(&st->lock);
+	start = st->t_last > ts ? st->t_last : ts;
+	backlog = start - now;
+	if (sparse && start > ts && backlog <= cfg->express_ns) {
+		express = 1;
+		depart = ts;
+		st->t_last = start + cost;
+	} else if (backlog > cfg->horizon_ns) {
+		drop = 1;
+	} else {
+		depart = start;
+		st->t_last = start + cost;
+	}
+	bpf_spin_unlock(&st->lock);
+
+	if (drop) {
+		if (cnt)
+			cnt->dropped++;
+		return TC_ACT_SHOT;
+	}
+
+	__u64 end = depart + cost;
+	bpf_map_update_elem(&netshape_flows, &fk, &end, BPF_ANY);
+
+	int marked = 0;
+	if (!express && cfg->ce_ns && backlog > cfg->ce_ns)
+		marked = bpf_skb_ecn_set_ce(skb) == 1;
+
+	skb->tstamp = depart;
+
+	if (cnt) {
+		cnt->bytes += len;
+		cnt->packets++;
+		if (depart > now)
+			cnt->delayed++;
+		if (marked)
+			cnt->marked++;
+		if (express)
+			cnt->express++;
+	}
+	return PASS;
+}
+
+char __license[] SEC("license") = "Dual MIT/GPL";

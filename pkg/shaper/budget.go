@@ -1,0 +1,329 @@
+package shaper
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"runtime"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+const (
+	maxNameLen = 63
+	maxBudgets = 4096 // max_entries of the budget maps in bpf/edt.c
+
+	// MaxRate is the largest rate a budget accepts (1 Tbit/s): beyond it the
+	// per-packet cost rounds to zero nanoseconds and nothing would be enforced.
+	MaxRate = 1_000_000_000_000
+
+	// wireMTU is one full Ethernet frame, the unit the default thresholds are counted in.
+	wireMTU = 1514
+
+	// expressBytes is the largest packet that may jump the queue as part of a
+	// sparse flow: two frames, enough for a request or an ACK, never a bulk GSO burst.
+	expressBytes = 2 * wireMTU
+)
+
+// Budget is one rate shared by every device attached to it.
+type Budget struct {
+	// Name identifies the budget, e.g. "myapp/_default_/egress" (1..63 bytes).
+	Name string
+	// Rate in bits per second (1..MaxRate).
+	Rate uint64
+	// Horizon: a packet whose budget backlog before it exceeds this is dropped.
+	// Zero means DefaultHorizon(Rate).
+	Horizon time.Duration
+	// CEThreshold: above this backlog ECN-capable packets are CE-marked.
+	// Zero means DefaultCEThreshold(Rate); negative disables marking.
+	CEThreshold time.Duration
+}
+
+// Stats are a budget's counters since it was created, summed over CPUs.
+type Stats struct {
+	Bytes, Packets, Delayed, Dropped, Marked, Express uint64
+}
+
+// BudgetStatus is a budget as it is in the kernel right now.
+type BudgetStatus struct {
+	Budget
+	ID uint32
+	// Backlog is how far the budget's departure clock is ahead of now: the
+	// queueing delay a bulk packet arriving now would get.
+	Backlog time.Duration
+	Stats   Stats
+}
+
+// frameTime is how long one full frame takes at rate bits/s.
+func frameTime(rate uint64) time.Duration {
+	return time.Duration(uint64(wireMTU*8) * uint64(time.Second) / rate)
+}
+
+// DefaultHorizon is the drop horizon for a rate: 20 ms, or 8 full frames at
+// low rates where 20 ms would not hold the few packets TCP keeps in flight
+// (one 1514-byte frame takes 12 ms at 1 Mbit/s).
+func DefaultHorizon(rate uint64) time.Duration {
+	return max(20*time.Millisecond, 8*frameTime(rate))
+}
+
+// DefaultCEThreshold is the marking threshold for a rate: 2 ms, or 2 full
+// frames at low rates, so one packet in flight never counts as congestion.
+func DefaultCEThreshold(rate uint64) time.Duration {
+	return max(2*time.Millisecond, 2*frameTime(rate))
+}
+
+func (b Budget) validate() error {
+	if b.Name == "" || len(b.Name) > maxNameLen || bytes.IndexByte([]byte(b.Name), 0) >= 0 {
+		return fmt.Errorf("%w: name %q must be 1..%d bytes without NUL", ErrBadBudget, b.Name, maxNameLen)
+	}
+	if b.Rate == 0 || b.Rate > MaxRate {
+		return fmt.Errorf("%w %q: rate %d bit/s is outside 1..%d", ErrBadBudget, b.Name, b.Rate, uint64(MaxRate))
+	}
+	if b.Horizon < 0 {
+		return fmt.Errorf("%w %q: negative horizon %s", ErrBadBudget, b.Name, b.Horizon)
+	}
+	return nil
+}
+
+func (b Budget) cfg() edtBudgetCfg {
+	h := b.Horizon
+	if h == 0 {
+		h = DefaultHorizon(b.Rate)
+	}
+	ce := b.CEThreshold
+	if ce == 0 {
+		ce = DefaultCEThreshold(b.Rate)
+	} else if ce < 0 {
+		ce = 0
+	}
+	return edtBudgetCfg{
+		RateBps:   b.Rate,
+		HorizonNs: uint64(h),
+		CeNs:      uint64(ce),
+		// Express may run the backlog to twice the horizon, never further:
+		// this bounds what many sparse-looking flows can borrow ahead.
+		ExpressNs:    uint64(2 * h),
+		ExpressBytes: expressBytes,
+	}
+}
+
+// UpsertBudget creates a budget or changes it in place. A rate change is one
+// map write the datapath reads on the next packet: no attachment is touched,
+// no packet is lost, no connection notices anything but the new rate.
+func (s *Shaper) UpsertBudget(b Budget) error {
+	if err := b.validate(); err != nil {
+		return err
+	}
+	id, found, err := s.lookupID(b.Name)
+	if err != nil {
+		return err
+	}
+	if !found {
+		if id, err = s.allocateID(b.Name); err != nil {
+			return err
+		}
+		// State and counters first, config last: the datapath enforces a
+		// budget only once its config exists, so it never sees half of one.
+		if err := s.maps.NetshapeState.Update(id, edtBudgetState{}, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+			return fmt.Errorf("create state of budget %q: %w", b.Name, err)
+		}
+		zero := make([]edtBudgetStats, runtime.NumCPU())
+		if n, err := ebpf.PossibleCPU(); err == nil {
+			zero = make([]edtBudgetStats, n)
+		}
+		if err := s.maps.NetshapeStats.Update(id, zero, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("create counters of budget %q: %w", b.Name, err)
+		}
+	}
+	cfg := b.cfg()
+	if err := s.maps.NetshapeCfg.Update(id, cfg, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write config of budget %q: %w", b.Name, err)
+	}
+	return nil
+}
+
+// RemoveBudget detaches every device attached to the budget, then deletes it.
+// Removing a budget that does not exist is not an error.
+func (s *Shaper) RemoveBudget(name string) error {
+	id, found, err := s.lookupID(name)
+	if err != nil || !found {
+		return err
+	}
+	atts, err := s.Attachments()
+	if err != nil {
+		return err
+	}
+	for _, a := range atts {
+		if a.BudgetID == id {
+			if err := s.Detach(a.Device); err != nil {
+				return fmt.Errorf("remove budget %q: %w", name, err)
+			}
+		}
+	}
+	// Config first: from here on the datapath passes packets unshaped.
+	for _, m := range []*ebpf.Map{s.maps.NetshapeCfg, s.maps.NetshapeState, s.maps.NetshapeStats, s.names} {
+		if err := m.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("remove budget %q from %s: %w", name, m, err)
+		}
+	}
+	if err := s.forgetFlows(id); err != nil {
+		return fmt.Errorf("remove budget %q: %w", name, err)
+	}
+	s.mu.Lock()
+	if p := s.progs[id]; p != nil {
+		p.Close()
+		delete(s.progs, id)
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *Shaper) forgetFlows(id uint32) error {
+	var k edtFlowKey
+	var v uint64
+	var stale []edtFlowKey
+	it := s.maps.NetshapeFlows.Iterate()
+	for it.Next(&k, &v) {
+		if k.Budget == id {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list flows: %w", err)
+	}
+	for _, k := range stale {
+		if err := s.maps.NetshapeFlows.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("forget flow: %w", err)
+		}
+	}
+	return nil
+}
+
+// Budget returns one budget's current state.
+func (s *Shaper) Budget(name string) (BudgetStatus, error) {
+	id, found, err := s.lookupID(name)
+	if err != nil {
+		return BudgetStatus{}, err
+	}
+	if !found {
+		return BudgetStatus{}, fmt.Errorf("budget %q: %w", name, ErrNoBudget)
+	}
+	return s.status(id, name)
+}
+
+// Budgets lists every budget in the kernel.
+func (s *Shaper) Budgets() ([]BudgetStatus, error) {
+	names, err := s.allNames()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]BudgetStatus, 0, len(names))
+	for id, name := range names {
+		st, err := s.status(id, name)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, st)
+	}
+	sortBudgets(out)
+	return out, nil
+}
+
+func (s *Shaper) status(id uint32, name string) (BudgetStatus, error) {
+	var cfg edtBudgetCfg
+	if err := s.maps.NetshapeCfg.Lookup(id, &cfg); err != nil {
+		return BudgetStatus{}, fmt.Errorf("read config of budget %q: %w", name, err)
+	}
+	st := BudgetStatus{ID: id, Budget: Budget{
+		Name:        name,
+		Rate:        cfg.RateBps,
+		Horizon:     time.Duration(cfg.HorizonNs),
+		CEThreshold: time.Duration(cfg.CeNs),
+	}}
+	if cfg.CeNs == 0 {
+		st.CEThreshold = -1
+	}
+	var state edtBudgetState
+	if err := s.maps.NetshapeState.Lookup(id, &state); err == nil {
+		if now := monotonicNow(); state.T_last > now {
+			st.Backlog = time.Duration(state.T_last - now)
+		}
+	}
+	var perCPU []edtBudgetStats
+	if err := s.maps.NetshapeStats.Lookup(id, &perCPU); err != nil {
+		return BudgetStatus{}, fmt.Errorf("read counters of budget %q: %w", name, err)
+	}
+	for _, c := range perCPU {
+		st.Stats.Bytes += c.Bytes
+		st.Stats.Packets += c.Packets
+		st.Stats.Delayed += c.Delayed
+		st.Stats.Dropped += c.Dropped
+		st.Stats.Marked += c.Marked
+		st.Stats.Express += c.Express
+	}
+	return st, nil
+}
+
+// lookupID finds the id of a named budget. The names map is small (at most
+// maxBudgets entries) and only read on the control path, so a scan is fine.
+func (s *Shaper) lookupID(name string) (uint32, bool, error) {
+	names, err := s.allNames()
+	if err != nil {
+		return 0, false, err
+	}
+	for id, n := range names {
+		if n == name {
+			return id, true, nil
+		}
+	}
+	return 0, false, nil
+}
+
+func (s *Shaper) allNames() (map[uint32]string, error) {
+	out := map[uint32]string{}
+	var id uint32
+	var raw [maxNameLen + 1]byte
+	it := s.names.Iterate()
+	for it.Next(&id, &raw) {
+		out[id] = string(bytes.TrimRight(raw[:], "\x00"))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list budgets: %w", err)
+	}
+	return out, nil
+}
+
+// allocateID picks a stable id for a new name: its FNV-1a hash, probing on
+// collision. Id 0 is never used so a zero budget_id can't match anything.
+func (s *Shaper) allocateID(name string) (uint32, error) {
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	var raw [maxNameLen + 1]byte
+	copy(raw[:], name)
+	for i, id := 0, h.Sum32(); i < maxBudgets; i, id = i+1, id+1 {
+		if id == 0 {
+			continue
+		}
+		err := s.names.Update(id, raw, ebpf.UpdateNoExist)
+		if err == nil {
+			return id, nil
+		}
+		if !errors.Is(err, ebpf.ErrKeyExist) {
+			return 0, fmt.Errorf("register budget %q: %w", name, err)
+		}
+	}
+	return 0, fmt.Errorf("register budget %q: all %d budget slots are in use", name, maxBudgets)
+}
+
+func namesSpec() *ebpf.MapSpec {
+	return &ebpf.MapSpec{
+		Name:       "netshape_names",
+		Type:       ebpf.Hash,
+		KeySize:    4,
+		ValueSize:  maxNameLen + 1,
+		MaxEntries: maxBudgets,
+		Pinning:    ebpf.PinByName,
+	}
+}

@@ -1,0 +1,131 @@
+package shaper
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Device names one network interface in one network namespace.
+type Device struct {
+	// Netns is a path to the namespace (/proc/PID/ns/net, a Docker sandbox
+	// key, /run/netns/NAME); empty means the caller's own namespace.
+	Netns string
+	// Name is the interface name inside that namespace.
+	Name string
+}
+
+func (d Device) String() string {
+	if d.Netns == "" {
+		return d.Name
+	}
+	return d.Name + "@" + d.Netns
+}
+
+// nsRef is an open network namespace and a netlink handle inside it.
+type nsRef struct {
+	path  string
+	ino   uint64
+	ns    netns.NsHandle
+	nl    *netlink.Handle
+	owned bool // ns must be closed by us
+}
+
+func (d Device) nsPath() string {
+	if d.Netns == "" {
+		return "/proc/self/ns/net"
+	}
+	return d.Netns
+}
+
+// openNetns opens the device's namespace without entering it.
+func openNetns(d Device) (*nsRef, error) {
+	path := d.nsPath()
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+			return nil, fmt.Errorf("device %s: %w: %v", d, ErrNoNetns, err)
+		}
+		return nil, fmt.Errorf("device %s: open network namespace: %w", d, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(ns), &st); err != nil {
+		ns.Close()
+		return nil, fmt.Errorf("device %s: stat network namespace: %w", d, err)
+	}
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		ns.Close()
+		return nil, fmt.Errorf("device %s: netlink in its namespace: %w", d, err)
+	}
+	return &nsRef{path: path, ino: st.Ino, ns: ns, nl: h, owned: true}, nil
+}
+
+func (r *nsRef) close() {
+	r.nl.Close()
+	if r.owned {
+		r.ns.Close()
+	}
+}
+
+func (r *nsRef) link(d Device) (netlink.Link, error) {
+	l, err := r.nl.LinkByName(d.Name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil, fmt.Errorf("device %s: %w", d, ErrNoDevice)
+		}
+		return nil, fmt.Errorf("device %s: look up link: %w", d, err)
+	}
+	return l, nil
+}
+
+// do runs fn with the calling OS thread inside the namespace. Only TCX attach
+// needs this (its ifindex is resolved in the caller's namespace); everything
+// else goes through netlink handles. If the thread cannot be switched back it
+// is left locked so the Go runtime retires it instead of reusing it.
+func (r *nsRef) do(fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("get current network namespace: %w", err)
+	}
+	defer orig.Close()
+	if err := netns.Set(r.ns); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter network namespace %s: %w", r.path, err)
+	}
+	fnErr := fn()
+	if err := netns.Set(orig); err != nil {
+		return errors.Join(fnErr, fmt.Errorf("return from network namespace %s: %w", r.path, err))
+	}
+	runtime.UnlockOSThread()
+	return fnErr
+}
+
+// nsIno is the inode identifying the namespace at path, 0 when it is gone.
+func nsIno(path string) uint64 {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0
+	}
+	return st.Ino
+}
+
+func monotonicNow() uint64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Nano())
+}
+
+func sortBudgets(b []BudgetStatus) {
+	slices.SortFunc(b, func(x, y BudgetStatus) int { return strings.Compare(x.Name, y.Name) })
+}

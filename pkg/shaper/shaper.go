@@ -1,0 +1,137 @@
+// Package shaper enforces bandwidth budgets on network devices with an eBPF
+// earliest-departure-time (EDT) program at tc egress and an fq root qdisc that
+// holds each packet until its departure time.
+//
+// The shaper knows devices and budgets, nothing about Docker or Dokku. Every
+// object it creates is owned by name: pins under one bpffs directory, programs
+// and legacy filters named "netshape_edt", fq root qdiscs with handle 4e53:.
+// Anything else on a device is left alone.
+package shaper
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultPinDir is where budgets, the device registry and TCX links are pinned.
+const DefaultPinDir = "/sys/fs/bpf/netshape"
+
+// Errors callers can test with errors.Is. Each returned error also names the
+// device or budget it is about.
+var (
+	ErrNoFq         = errors.New("the kernel has no fq qdisc (sch_fq), which enforces departure times")
+	ErrForeignQdisc = errors.New("device has a root qdisc that netshape does not own")
+	ErrNoDevice     = errors.New("device not found")
+	ErrNoNetns      = errors.New("network namespace not found")
+	ErrNoBudget     = errors.New("no such budget")
+	ErrBadBudget    = errors.New("invalid budget")
+)
+
+// Options configure Open.
+type Options struct {
+	// PinDir is the bpffs directory holding everything this shaper owns.
+	// Default DefaultPinDir. Tests use their own so they never meet production state.
+	PinDir string
+}
+
+// Shaper holds the pinned maps. It is safe for use by one goroutine at a time
+// per method; callers serialise reconciles across processes (see pkg/reconcile).
+type Shaper struct {
+	pinDir string
+	spec   *ebpf.CollectionSpec
+	maps   edtMaps
+	names  *ebpf.Map // budget id -> name
+	devs   *ebpf.Map // device (netns inode, ifindex) -> attachment
+
+	mu    sync.Mutex
+	progs map[uint32]*ebpf.Program // one loaded program per budget id
+}
+
+// Open mounts bpffs if needed and loads (or re-opens) the pinned maps.
+func Open(opts Options) (*Shaper, error) {
+	dir := opts.PinDir
+	if dir == "" {
+		dir = DefaultPinDir
+	}
+	if err := ensureBPFFS(filepath.Dir(dir)); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "links"), 0o700); err != nil {
+		return nil, fmt.Errorf("create pin directory %s: %w", dir, err)
+	}
+
+	spec, err := loadEdt()
+	if err != nil {
+		return nil, fmt.Errorf("parse embedded BPF object: %w", err)
+	}
+	s := &Shaper{pinDir: dir, spec: spec, progs: map[uint32]*ebpf.Program{}}
+	pin := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}}
+	if err := spec.LoadAndAssign(&s.maps, pin); err != nil {
+		return nil, fmt.Errorf("load pinned budget maps in %s: %w", dir, err)
+	}
+	if s.names, err = ebpf.NewMapWithOptions(namesSpec(), pin.Maps); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("load pinned budget names in %s: %w", dir, err)
+	}
+	if s.devs, err = ebpf.NewMapWithOptions(devsSpec(), pin.Maps); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("load pinned device registry in %s: %w", dir, err)
+	}
+	return s, nil
+}
+
+// PinDir returns the bpffs directory this shaper owns.
+func (s *Shaper) PinDir() string { return s.pinDir }
+
+// Close releases this process's handles. Pinned state, attachments and the
+// limits they enforce stay in force.
+func (s *Shaper) Close() error {
+	s.mu.Lock()
+	for id, p := range s.progs {
+		p.Close()
+		delete(s.progs, id)
+	}
+	s.mu.Unlock()
+	for _, m := range []*ebpf.Map{s.names, s.devs} {
+		if m != nil {
+			m.Close()
+		}
+	}
+	return s.maps.Close()
+}
+
+// Destroy removes every pin this shaper owns. Callers detach first; the
+// uninstall path uses it after RemoveBudget on every budget.
+func (s *Shaper) Destroy() error {
+	dir := s.pinDir
+	s.Close()
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove pin directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// ensureBPFFS mounts bpffs on dir unless one is already there. A path that
+// is not on bpffs would make pinning fail later with a confusing error.
+func ensureBPFFS(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create bpffs mount point %s: %w", dir, err)
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs on %s: %w", dir, err)
+	}
+	if err := unix.Statfs(dir, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("mount bpffs on %s: mounted but statfs does not report bpffs", dir)
+	}
+	return nil
+}
