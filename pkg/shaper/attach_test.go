@@ -155,7 +155,7 @@ func TestRootAttachErrorsNameTheDevice(t *testing.T) {
 	if !errors.Is(err, ErrNoNetns) {
 		t.Fatalf("missing netns: %v, want ErrNoNetns", err)
 	}
-	for _, bad := range []Budget{{Name: "", Rate: 1}, {Name: "x", Rate: 0}, {Name: "x", Rate: MaxRate + 1}, {Name: string(make([]byte, 64)), Rate: 1}} {
+	for _, bad := range []Budget{{Name: "", Rate: 1}, {Name: "x", Rate: 0}, {Name: "x", Rate: MaxRate + 1}, {Name: string(make([]byte, 128)), Rate: 1}} {
 		if err := s.UpsertBudget(bad); !errors.Is(err, ErrBadBudget) {
 			t.Errorf("UpsertBudget(%q, %d): %v, want ErrBadBudget", bad.Name, bad.Rate, err)
 		}

@@ -12,7 +12,7 @@ import (
 )
 
 const (
-	maxNameLen = 63
+	maxNameLen = 127
 	maxBudgets = 4096 // max_entries of the budget maps in bpf/edt.c
 
 	// MaxRate is the largest rate a budget accepts (1 Tbit/s): beyond it the
@@ -29,7 +29,7 @@ const (
 
 // Budget is one rate shared by every device attached to it.
 type Budget struct {
-	// Name identifies the budget, e.g. "myapp/_default_/egress" (1..63 bytes).
+	// Name identifies the budget, e.g. "myapp/_default_/egress" (1..127 bytes).
 	Name string
 	// Rate in bits per second (1..MaxRate).
 	Rate uint64
