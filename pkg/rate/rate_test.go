@@ -64,9 +64,9 @@ func TestParseValid(t *testing.T) {
 func TestParseInvalid(t *testing.T) {
 	long := strings.Repeat("1", 70)
 	cases := []struct {
-		in      string
+		in       string
 		sentinel error
-		msg     string
+		msg      string
 	}{
 		{"", ErrEmpty, `invalid rate "": empty rate`},
 		{" 20mbit", ErrWhitespace, `invalid rate " 20mbit": whitespace is not allowed`},
