@@ -15,29 +15,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// haveFq probes the running kernel for sch_fq on a throwaway veth.
-func haveFq(t *testing.T) bool {
-	t.Helper()
-	p := nettest.NewPair(t, nettest.NewNetns(t, "fqprobe"), nil, 250)
-	_, err := nettest.Output("ip", "netns", "exec", p.A.Name, "tc", "qdisc", "add", "dev", p.NameA, "root", "fq")
-	return err == nil
-}
-
-// requireFq skips on kernels without sch_fq (this dev/CI host): these tests
-// run inside the Debian 6.1 and 6.12 guests of `make vm-test`, which set
-// NETSHAPE_REQUIRE_FQ=1 so a missing fq there is a failure, not a skip.
-func requireFq(t *testing.T) {
-	t.Helper()
-	nettest.RequireRoot(t)
-	if haveFq(t) {
-		return
-	}
-	if os.Getenv("NETSHAPE_REQUIRE_FQ") == "1" {
-		t.Fatal("NETSHAPE_REQUIRE_FQ=1 but the kernel has no sch_fq")
-	}
-	t.Skip("kernel has no sch_fq: run by `make vm-test` in Debian 6.1/6.12 guests")
-}
-
 // devState is everything on a device that Attach/Detach may change.
 type devState struct {
 	rootKind    string
@@ -167,7 +144,7 @@ func TestRootAttachErrorsNameTheDevice(t *testing.T) {
 // leave the device exactly as it was. Kernels with fq can't reach this path.
 func TestRootAttachWithoutFqChangesNothing(t *testing.T) {
 	nettest.RequireRoot(t)
-	if haveFq(t) {
+	if nettest.HaveFq(t) {
 		t.Skip("this kernel has sch_fq; the fq-missing path is tested on the dev/CI host kernel")
 	}
 	s := openTestShaper(t)
@@ -280,7 +257,7 @@ func foreignFilter(t *testing.T, ns *nsRef, l netlink.Link) string {
 }
 
 func TestRootFqAttachBothDirectionsIdempotentAndClean(t *testing.T) {
-	requireFq(t)
+	nettest.RequireFq(t)
 	s := openTestShaper(t)
 	app, host := testPair(t)
 	for _, b := range []Budget{{Name: "app/egress", Rate: 20e6}, {Name: "app/ingress", Rate: 50e6}} {
@@ -336,7 +313,7 @@ func TestRootFqAttachBothDirectionsIdempotentAndClean(t *testing.T) {
 }
 
 func TestRootFqForeignRootQdisc(t *testing.T) {
-	requireFq(t)
+	nettest.RequireFq(t)
 	s := openTestShaper(t)
 	app, _ := testPair(t)
 	if err := s.UpsertBudget(Budget{Name: "f", Rate: 20e6}); err != nil {
@@ -363,7 +340,7 @@ func TestRootFqForeignRootQdisc(t *testing.T) {
 }
 
 func TestRootFqSwapBudgetAndPrune(t *testing.T) {
-	requireFq(t)
+	nettest.RequireFq(t)
 	s := openTestShaper(t)
 	appNs := nettest.NewNetns(t, "gone")
 	p := nettest.NewPair(t, appNs, nil, 2)

@@ -116,3 +116,26 @@ func Output(args ...string) (string, error) {
 	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
 	return string(out), err
 }
+
+// HaveFq probes the running kernel for sch_fq on a throwaway veth.
+func HaveFq(t testing.TB) bool {
+	t.Helper()
+	p := NewPair(t, NewNetns(t, "fqprobe"), nil, 250)
+	_, err := Output("ip", "netns", "exec", p.A.Name, "tc", "qdisc", "add", "dev", p.NameA, "root", "fq")
+	return err == nil
+}
+
+// RequireFq skips on kernels without sch_fq (the dev/CI host): such tests run
+// inside the Debian 6.1 and 6.12 guests of `make vm-test`, which set
+// NETSHAPE_REQUIRE_FQ=1 so that a missing fq there fails instead of skipping.
+func RequireFq(t testing.TB) {
+	t.Helper()
+	RequireRoot(t)
+	if HaveFq(t) {
+		return
+	}
+	if os.Getenv("NETSHAPE_REQUIRE_FQ") == "1" {
+		t.Fatal("NETSHAPE_REQUIRE_FQ=1 but the kernel has no sch_fq")
+	}
+	t.Skip("kernel has no sch_fq: run by `make vm-test` in Debian 6.1/6.12 guests")
+}

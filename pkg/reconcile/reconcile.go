@@ -1,0 +1,348 @@
+// Package reconcile makes the devices of an app's running containers enforce
+// the network limits configured for it in Dokku. It is the one place where
+// "configured" meets "attached": the CLI, the post-deploy trigger and the
+// Docker-events watcher all call App, and App is idempotent.
+//
+// Budgets are per app, per direction and per scope: the scope is the process
+// type when that type has its own network key, else "_default_", shared by
+// every process type without one. So an app scaled to N containers, each with
+// several interfaces, still sends and receives at its configured rate.
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+
+	"github.com/dokku-netshape/dokku-netshape/pkg/containers"
+	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
+	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
+	"github.com/dokku-netshape/dokku-netshape/pkg/veth"
+)
+
+// Direction is named from the app's point of view, as Dokku names it.
+type Direction string
+
+const (
+	Egress  Direction = "egress"  // what the app sends: container-side veth
+	Ingress Direction = "ingress" // what the app receives: host-side veth
+)
+
+// DefaultScope is Dokku's name for "every process type".
+const DefaultScope = "_default_"
+
+// Lister finds an app's running deploy containers (pkg/containers in production).
+type Lister interface {
+	ListApp(ctx context.Context, app string) ([]containers.Container, error)
+}
+
+// Reconciler holds what App needs. Shaper may be nil for a read-only report.
+type Reconciler struct {
+	Env    dokku.Env
+	Docker Lister
+	Shaper *shaper.Shaper
+	// Force replaces foreign root qdiscs on app devices.
+	Force bool
+	// Log receives loud warnings (a limit that could not be enforced).
+	Log io.Writer
+	// Interfaces maps a container netns to its veths; nil means veth.Interfaces.
+	Interfaces func(netnsPath string) ([]veth.Pair, error)
+}
+
+// Want is one configured budget of an app.
+type Want struct {
+	Scope     string // process type, or DefaultScope
+	Direction Direction
+	Budget    shaper.Budget
+	Key       string // the Dokku property it came from
+}
+
+// Shaped is one device enforcing one budget.
+type Shaped struct {
+	Container string // container name
+	Process   string
+	Interface string // container-side interface (eth0, eth1, ...)
+	Direction Direction
+	Device    shaper.Device
+	Budget    string
+}
+
+// Unshaped is something that should carry a limit but does not, and why.
+type Unshaped struct {
+	Container string
+	Process   string
+	Interface string // "" when the whole container was skipped
+	Direction Direction
+	Reason    string
+	Err       error // nil for conditions that are not failures (e.g. host network)
+}
+
+// Result is what one reconcile of an app found and did.
+type Result struct {
+	App      string
+	Wants    []Want
+	Shaped   []Shaped
+	Unshaped []Unshaped
+	Warnings []string // shaped, but the container could undo it
+	Removed  []shaper.Attachment
+}
+
+// Err joins every failure to enforce a configured limit; nil when all held.
+func (r Result) Err() error {
+	var errs []error
+	for _, u := range r.Unshaped {
+		if u.Err != nil {
+			errs = append(errs, fmt.Errorf("%s %s %s: %w", u.Container, u.Interface, u.Direction, u.Err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// BudgetName is the shaper budget of an app's scope and direction.
+func BudgetName(app, scope string, dir Direction) string {
+	return app + "/" + scope + "/" + string(dir)
+}
+
+// ownedBy reports whether a budget name belongs to app.
+func ownedBy(budget, app string) bool {
+	rest, ok := strings.CutPrefix(budget, app+"/")
+	return ok && strings.Count(rest, "/") == 1
+}
+
+// Wants reads the app's configured network limits for the given process types.
+func (r *Reconciler) Wants(app string, procs []string) ([]Want, error) {
+	seen := map[string]bool{}
+	var out []Want
+	for _, proc := range append([]string{DefaultScope}, procs...) {
+		res, err := r.Env.ResourceLimits(app, proc)
+		if err != nil {
+			return nil, fmt.Errorf("read resource limits of %s (%s): %w", app, proc, err)
+		}
+		for _, d := range []struct {
+			dir Direction
+			get func() (uint64, bool, string, error)
+		}{
+			{Egress, func() (uint64, bool, string, error) {
+				v, ok, err := res.EgressRate()
+				return uint64(v), ok, res.NetworkEgress.Key, err
+			}},
+			{Ingress, func() (uint64, bool, string, error) {
+				v, ok, err := res.IngressRate()
+				return uint64(v), ok, res.NetworkIngress.Key, err
+			}},
+		} {
+			bps, ok, key, err := d.get()
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", app, err)
+			}
+			if !ok {
+				continue
+			}
+			scope := DefaultScope
+			if p, _, _, parsed := dokku.ParseResourceKey(key); parsed {
+				scope = p
+			}
+			name := BudgetName(app, scope, d.dir)
+			if seen[name] {
+				continue
+			}
+			seen[name] = true
+			out = append(out, Want{Scope: scope, Direction: d.dir, Key: key,
+				Budget: shaper.Budget{Name: name, Rate: bps}})
+		}
+	}
+	return out, nil
+}
+
+// budgetFor picks the budget a process type's traffic in one direction uses.
+func budgetFor(wants []Want, proc string, dir Direction) (string, bool) {
+	fallback := ""
+	for _, w := range wants {
+		if w.Direction != dir {
+			continue
+		}
+		if w.Scope == proc {
+			return w.Budget.Name, true
+		}
+		if w.Scope == DefaultScope {
+			fallback = w.Budget.Name
+		}
+	}
+	return fallback, fallback != ""
+}
+
+// App reconciles one app: it creates or updates the app's budgets, attaches
+// them to every interface of every running container, and removes whatever
+// this tool attached for the app that is no longer configured or running.
+// A device that cannot be shaped is left unshaped (never half-shaped) and
+// reported; App carries on with the others.
+func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
+	res := Result{App: app}
+	if r.Shaper == nil {
+		return res, errors.New("reconcile: no shaper")
+	}
+	list, err := r.Docker.ListApp(ctx, app)
+	if err != nil {
+		return res, fmt.Errorf("list containers of %s: %w", app, err)
+	}
+	var procs []string
+	for _, c := range list {
+		if c.ProcessType != "" && !slices.Contains(procs, c.ProcessType) {
+			procs = append(procs, c.ProcessType)
+		}
+	}
+	slices.Sort(procs)
+	if res.Wants, err = r.Wants(app, procs); err != nil {
+		return res, err
+	}
+	if _, err := r.Shaper.Prune(); err != nil {
+		return res, err
+	}
+	for _, w := range res.Wants {
+		if err := r.Shaper.UpsertBudget(w.Budget); err != nil {
+			return res, fmt.Errorf("%s: %w", app, err)
+		}
+	}
+
+	want := map[devID]string{} // device -> budget it must enforce
+	for _, c := range list {
+		r.container(c, res.Wants, want, &res)
+	}
+
+	// Remove what is attached for this app but no longer wanted, then
+	// budgets that nothing configures any more.
+	atts, err := r.Shaper.Attachments()
+	if err != nil {
+		return res, err
+	}
+	for _, a := range atts {
+		if !ownedBy(a.Budget, app) {
+			continue
+		}
+		if _, ok := want[devID{a.NetnsIno, a.Ifindex}]; ok {
+			continue // attached (or moved to its new budget) above
+		}
+		if err := r.Shaper.Detach(a.Device); err != nil {
+			return res, fmt.Errorf("%s: %w", app, err)
+		}
+		res.Removed = append(res.Removed, a)
+	}
+	budgets, err := r.Shaper.Budgets()
+	if err != nil {
+		return res, err
+	}
+	for _, b := range budgets {
+		if ownedBy(b.Name, app) && !slices.ContainsFunc(res.Wants, func(w Want) bool { return w.Budget.Name == b.Name }) {
+			if err := r.Shaper.RemoveBudget(b.Name); err != nil {
+				return res, fmt.Errorf("%s: %w", app, err)
+			}
+		}
+	}
+	for _, u := range res.Unshaped {
+		if u.Err != nil {
+			r.warn("netshape: LIMIT NOT ENFORCED for %s container %s %s %s: %v (traffic passes unshaped)",
+				app, u.Container, u.Interface, u.Direction, u.Err)
+		}
+	}
+	return res, nil
+}
+
+type devID struct {
+	ino     uint64
+	ifindex int
+}
+
+func (r *Reconciler) container(c containers.Container, wants []Want, want map[devID]string, res *Result) {
+	skip := func(reason string, err error) {
+		res.Unshaped = append(res.Unshaped, Unshaped{Container: c.Name, Process: c.ProcessType, Reason: reason, Err: err})
+	}
+	egress, hasEgress := budgetFor(wants, c.ProcessType, Egress)
+	ingress, hasIngress := budgetFor(wants, c.ProcessType, Ingress)
+	if !hasEgress && !hasIngress {
+		return
+	}
+	switch {
+	case c.HostNetwork:
+		skip("host network: the container has no interface of its own to shape", nil)
+		return
+	case c.SharesNetnsWith() != "":
+		skip("shares the network namespace of container "+c.SharesNetnsWith()+": shaped there", nil)
+		return
+	}
+	if c.HasNetAdmin {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("%s is privileged or has NET_ADMIN: it can remove its own egress limit", c.Name))
+	}
+	path := c.NetnsPath()
+	if path == "" {
+		skip("not running", nil)
+		return
+	}
+	interfaces := r.Interfaces
+	if interfaces == nil {
+		interfaces = veth.Interfaces
+	}
+	pairs, err := interfaces(path)
+	switch {
+	case errors.Is(err, veth.ErrHostNetwork):
+		skip("host network: the container has no interface of its own to shape", nil)
+		return
+	case errors.Is(err, veth.ErrGone):
+		skip("stopped while being shaped", nil)
+		return
+	case err != nil:
+		skip("its interfaces could not be listed", err)
+		return
+	}
+	for _, p := range pairs {
+		if hasEgress {
+			r.attach(c, p, Egress, shaper.Device{Netns: path, Name: p.ContainerIf.Name}, egress, want, res)
+		}
+		if !hasIngress {
+			continue
+		}
+		if p.Peer != veth.PeerHost {
+			res.Unshaped = append(res.Unshaped, Unshaped{Container: c.Name, Process: c.ProcessType, Interface: p.ContainerIf.Name,
+				Direction: Ingress, Reason: "peer is not in the host network namespace (" + p.Peer.String() + ")",
+				Err: errors.New("veth peer not in the host namespace")})
+			continue
+		}
+		r.attach(c, p, Ingress, shaper.Device{Name: p.HostIf.Name}, ingress, want, res)
+	}
+}
+
+func (r *Reconciler) attach(c containers.Container, p veth.Pair, dir Direction, dev shaper.Device, budget string, want map[devID]string, res *Result) {
+	a, err := r.Shaper.Attach(dev, budget, shaper.AttachOptions{Force: r.Force})
+	if err != nil {
+		res.Unshaped = append(res.Unshaped, Unshaped{Container: c.Name, Process: c.ProcessType, Interface: p.ContainerIf.Name,
+			Direction: dir, Reason: "attach failed", Err: err})
+		return
+	}
+	want[devID{a.NetnsIno, a.Ifindex}] = budget
+	res.Shaped = append(res.Shaped, Shaped{Container: c.Name, Process: c.ProcessType, Interface: p.ContainerIf.Name,
+		Direction: dir, Device: dev, Budget: budget})
+}
+
+// Remove detaches and deletes every budget of an app (post-delete, clear --all).
+func (r *Reconciler) Remove(app string) error {
+	budgets, err := r.Shaper.Budgets()
+	if err != nil {
+		return err
+	}
+	for _, b := range budgets {
+		if ownedBy(b.Name, app) {
+			if err := r.Shaper.RemoveBudget(b.Name); err != nil {
+				return fmt.Errorf("remove limits of %s: %w", app, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (r *Reconciler) warn(format string, args ...any) {
+	if r.Log != nil {
+		fmt.Fprintf(r.Log, format+"\n", args...)
+	}
+}
