@@ -2,8 +2,9 @@
 // dependencies, so an image can be made with `docker import` from a one-file tar.
 //
 // It listens on TCP (default :8080) and, per connection, answers every "ping\n" line with
-// "pong\n" and discards anything else. It exits on SIGTERM/SIGINT at once: as PID 1 in a
-// container it would otherwise ignore them and make every `docker stop` wait its timeout.
+// "pong\n" and discards anything else. With -hold-mib N it keeps N MiB resident.
+// It exits on SIGTERM/SIGINT at once: as PID 1 in a container it would otherwise ignore them
+// and make every `docker stop` wait its timeout.
 package main
 
 import (
@@ -20,7 +21,13 @@ import (
 
 func main() {
 	listen := flag.String("listen", ":8080", "TCP address to listen on")
+	hold := flag.Int("hold-mib", 0, "allocate and touch this many MiB and keep them (to test memory limits)")
 	flag.Parse()
+
+	held := make([]byte, *hold<<20)
+	for i := 0; i < len(held); i += 4096 {
+		held[i] = 1 // touch every page so it is resident, not just reserved
+	}
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
@@ -41,7 +48,7 @@ func main() {
 		}
 	}()
 	s := <-sig
-	fmt.Printf("exiting on %v\n", s)
+	fmt.Printf("exiting on %v (held %d MiB)\n", s, len(held)>>20)
 }
 
 func serve(c net.Conn) {
