@@ -188,14 +188,7 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 	if err != nil {
 		return res, fmt.Errorf("list containers of %s: %w", app, err)
 	}
-	var procs []string
-	for _, c := range list {
-		if c.ProcessType != "" && !slices.Contains(procs, c.ProcessType) {
-			procs = append(procs, c.ProcessType)
-		}
-	}
-	slices.Sort(procs)
-	if res.Wants, err = r.Wants(app, procs); err != nil {
+	if res.Wants, err = r.Wants(app, processTypes(list)); err != nil {
 		return res, err
 	}
 	if _, err := r.Shaper.Prune(); err != nil {
@@ -208,8 +201,15 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 	}
 
 	want := map[devID]string{} // device -> budget it must enforce
-	for _, c := range list {
-		r.container(c, res.Wants, want, &res)
+	for _, p := range r.plan(list, res.Wants, &res) {
+		a, err := r.Shaper.Attach(p.Device, p.Budget, shaper.AttachOptions{Force: r.Force})
+		if err != nil {
+			res.Unshaped = append(res.Unshaped, Unshaped{Container: p.Container, Process: p.Process,
+				Interface: p.Interface, Direction: p.Direction, Reason: "attach failed", Err: err})
+			continue
+		}
+		want[devID{a.NetnsIno, a.Ifindex}] = p.Budget
+		res.Shaped = append(res.Shaped, p)
 	}
 
 	// Remove what is attached for this app but no longer wanted, then
@@ -255,30 +255,38 @@ type devID struct {
 	ifindex int
 }
 
-func (r *Reconciler) container(c containers.Container, wants []Want, want map[devID]string, res *Result) {
-	skip := func(reason string, err error) {
+// plan lists the devices of the app's containers and the budget each must
+// enforce; containers and interfaces that cannot be shaped go to res.Unshaped.
+func (r *Reconciler) plan(list []containers.Container, wants []Want, res *Result) []Shaped {
+	var out []Shaped
+	for _, c := range list {
+		out = append(out, r.planContainer(c, wants, res)...)
+	}
+	return out
+}
+
+func (r *Reconciler) planContainer(c containers.Container, wants []Want, res *Result) []Shaped {
+	skip := func(reason string, err error) []Shaped {
 		res.Unshaped = append(res.Unshaped, Unshaped{Container: c.Name, Process: c.ProcessType, Reason: reason, Err: err})
+		return nil
 	}
 	egress, hasEgress := budgetFor(wants, c.ProcessType, Egress)
 	ingress, hasIngress := budgetFor(wants, c.ProcessType, Ingress)
 	if !hasEgress && !hasIngress {
-		return
+		return nil
 	}
 	switch {
 	case c.HostNetwork:
-		skip("host network: the container has no interface of its own to shape", nil)
-		return
+		return skip("host network: the container has no interface of its own to shape", nil)
 	case c.SharesNetnsWith() != "":
-		skip("shares the network namespace of container "+c.SharesNetnsWith()+": shaped there", nil)
-		return
+		return skip("shares the network namespace of container "+c.SharesNetnsWith()+": shaped there", nil)
 	}
 	if c.HasNetAdmin {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("%s is privileged or has NET_ADMIN: it can remove its own egress limit", c.Name))
 	}
 	path := c.NetnsPath()
 	if path == "" {
-		skip("not running", nil)
-		return
+		return skip("not running", nil)
 	}
 	interfaces := r.Interfaces
 	if interfaces == nil {
@@ -287,18 +295,19 @@ func (r *Reconciler) container(c containers.Container, wants []Want, want map[de
 	pairs, err := interfaces(path)
 	switch {
 	case errors.Is(err, veth.ErrHostNetwork):
-		skip("host network: the container has no interface of its own to shape", nil)
-		return
+		return skip("host network: the container has no interface of its own to shape", nil)
 	case errors.Is(err, veth.ErrGone):
-		skip("stopped while being shaped", nil)
-		return
+		return skip("stopped while being shaped", nil)
 	case err != nil:
-		skip("its interfaces could not be listed", err)
-		return
+		return skip("its interfaces could not be listed", err)
 	}
+	var out []Shaped
 	for _, p := range pairs {
+		item := Shaped{Container: c.Name, Process: c.ProcessType, Interface: p.ContainerIf.Name}
 		if hasEgress {
-			r.attach(c, p, Egress, shaper.Device{Netns: path, Name: p.ContainerIf.Name}, egress, want, res)
+			item.Direction, item.Budget = Egress, egress
+			item.Device = shaper.Device{Netns: path, Name: p.ContainerIf.Name}
+			out = append(out, item)
 		}
 		if !hasIngress {
 			continue
@@ -309,20 +318,47 @@ func (r *Reconciler) container(c containers.Container, wants []Want, want map[de
 				Err: errors.New("veth peer not in the host namespace")})
 			continue
 		}
-		r.attach(c, p, Ingress, shaper.Device{Name: p.HostIf.Name}, ingress, want, res)
+		item.Direction, item.Budget = Ingress, ingress
+		item.Device = shaper.Device{Name: p.HostIf.Name}
+		out = append(out, item)
 	}
+	return out
 }
 
-func (r *Reconciler) attach(c containers.Container, p veth.Pair, dir Direction, dev shaper.Device, budget string, want map[devID]string, res *Result) {
-	a, err := r.Shaper.Attach(dev, budget, shaper.AttachOptions{Force: r.Force})
+// Status reports what App would find, without changing anything: the
+// configured budgets, and for each device whether it enforces its budget now.
+// With a nil Shaper (not root) every device is reported as unknown.
+func (r *Reconciler) Status(ctx context.Context, app string) (Result, error) {
+	res := Result{App: app}
+	list, err := r.Docker.ListApp(ctx, app)
 	if err != nil {
-		res.Unshaped = append(res.Unshaped, Unshaped{Container: c.Name, Process: c.ProcessType, Interface: p.ContainerIf.Name,
-			Direction: dir, Reason: "attach failed", Err: err})
-		return
+		return res, fmt.Errorf("list containers of %s: %w", app, err)
 	}
-	want[devID{a.NetnsIno, a.Ifindex}] = budget
-	res.Shaped = append(res.Shaped, Shaped{Container: c.Name, Process: c.ProcessType, Interface: p.ContainerIf.Name,
-		Direction: dir, Device: dev, Budget: budget})
+	if res.Wants, err = r.Wants(app, processTypes(list)); err != nil {
+		return res, err
+	}
+	planned := r.plan(list, res.Wants, &res)
+	if r.Shaper == nil {
+		for _, p := range planned {
+			res.Unshaped = append(res.Unshaped, Unshaped{Container: p.Container, Process: p.Process, Interface: p.Interface,
+				Direction: p.Direction, Reason: "unknown: reading attachments needs root"})
+		}
+		return res, nil
+	}
+	atts, err := r.Shaper.Attachments()
+	if err != nil {
+		return res, err
+	}
+	for _, p := range planned {
+		if slices.ContainsFunc(atts, func(a shaper.Attachment) bool { return a.Device == p.Device && a.Budget == p.Budget }) {
+			res.Shaped = append(res.Shaped, p)
+			continue
+		}
+		res.Unshaped = append(res.Unshaped, Unshaped{Container: p.Container, Process: p.Process, Interface: p.Interface,
+			Direction: p.Direction, Reason: "not attached: run `dokku netshape:apply " + app + "`",
+			Err: errors.New("limit configured but not attached")})
+	}
+	return res, nil
 }
 
 // Remove detaches and deletes every budget of an app (post-delete, clear --all).
@@ -345,4 +381,16 @@ func (r *Reconciler) warn(format string, args ...any) {
 	if r.Log != nil {
 		fmt.Fprintf(r.Log, format+"\n", args...)
 	}
+}
+
+// processTypes lists the distinct process types of the containers, sorted.
+func processTypes(list []containers.Container) []string {
+	var procs []string
+	for _, c := range list {
+		if c.ProcessType != "" && !slices.Contains(procs, c.ProcessType) {
+			procs = append(procs, c.ProcessType)
+		}
+	}
+	slices.Sort(procs)
+	return procs
 }
