@@ -370,3 +370,24 @@ func TestRootLegacyFileKeepsOwner(t *testing.T) {
 		t.Errorf("owner %d:%d, want 4321:8765", uid, gid)
 	}
 }
+
+// FuzzCanonicalOwnedOption: never panics, and its output is a fixed point
+// (what is stored is recognised as the same option when read back).
+func FuzzCanonicalOwnedOption(f *testing.F) {
+	for _, s := range []string{"--blkio-weight=500", "--device-read-bps /dev/sda:10mb", `'--device-write-bps=/dev/a b:1'`, `"--x`, `\`, "--blkio-weight='a'\\''b'"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		out, err := dokku.CanonicalOwnedOption(s)
+		if err != nil {
+			if !errors.Is(err, dokku.ErrNotOwnedOption) {
+				t.Fatalf("%q: error %v does not wrap ErrNotOwnedOption", s, err)
+			}
+			return
+		}
+		again, err := dokku.CanonicalOwnedOption(out)
+		if err != nil || again != out {
+			t.Fatalf("%q → %q → %q, %v", s, out, again, err)
+		}
+	})
+}
