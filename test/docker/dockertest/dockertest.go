@@ -9,6 +9,8 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -65,8 +67,13 @@ var imageOnce struct {
 	done bool
 }
 
-// EnsureImage builds test/docker/app (static, CGO off), tars it and imports it as Image, once
-// per test process; later calls only check that the image still exists.
+// imageHashLabel records which build of the app an image holds, so unchanged sources reuse it
+// instead of leaving a dangling image per test run.
+const imageHashLabel = "netshape.app-sha256"
+
+// EnsureImage builds test/docker/app (static, CGO off, -trimpath so the build is reproducible)
+// and imports it as Image unless the existing Image already holds that exact binary. The old
+// image, if replaced, is removed when no container uses it.
 func EnsureImage(t testing.TB, cli *client.Client) string {
 	t.Helper()
 	imageOnce.Lock()
@@ -90,6 +97,15 @@ func EnsureImage(t testing.TB, cli *client.Client) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	sum := sha256.Sum256(data)
+	hash := hex.EncodeToString(sum[:])
+
+	old, err := cli.ImageInspect(ctx, Image)
+	if err == nil && old.Config != nil && old.Config.Labels[imageHashLabel] == hash {
+		imageOnce.done = true
+		return Image
+	}
+
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	if err := tw.WriteHeader(&tar.Header{Name: "app", Mode: 0o755, Size: int64(len(data)), ModTime: time.Unix(0, 0)}); err != nil {
@@ -102,7 +118,7 @@ func EnsureImage(t testing.TB, cli *client.Client) string {
 		t.Fatal(err)
 	}
 	rc, err := cli.ImageImport(ctx, image.ImportSource{Source: &buf, SourceName: "-"}, Image,
-		image.ImportOptions{Changes: []string{`CMD ["/app"]`}})
+		image.ImportOptions{Changes: []string{`CMD ["/app"]`, "LABEL " + imageHashLabel + "=" + hash + " " + TestLabel + "=1"}})
 	if err != nil {
 		t.Fatalf("import %s: %v", Image, err)
 	}
@@ -110,6 +126,10 @@ func EnsureImage(t testing.TB, cli *client.Client) string {
 	rc.Close()
 	if err != nil {
 		t.Fatalf("import %s: %v", Image, err)
+	}
+	if old.ID != "" {
+		// Best effort: fails harmlessly while a container (maybe another package's test) uses it.
+		_, _ = cli.ImageRemove(ctx, old.ID, image.RemoveOptions{})
 	}
 	imageOnce.done = true
 	return Image
