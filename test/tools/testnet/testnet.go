@@ -37,8 +37,8 @@ func NewPair(t testing.TB) *Pair {
 		NsB:   fmt.Sprintf("nstest-%d-%d-b", os.Getpid(), n),
 		DevA:  "vtha", // device names are per namespace, so they can be fixed
 		DevB:  "vthb",
-		AddrA: "10.213.0.1",
-		AddrB: "10.213.0.2",
+		AddrA: "10.231.0.1",
+		AddrB: "10.231.0.2",
 	}
 	for _, ns := range []string{p.NsA, p.NsB} {
 		Run(t, "ip", "netns", "add", ns)

@@ -146,9 +146,9 @@ func setupNewRoot(spec *vmspec.Spec) error {
 	}{
 		{"devpts", "/dev/pts", "devpts", "newinstance,ptmxmode=0666,mode=0620"},
 		{"shm", "/dev/shm", "tmpfs", "mode=1777"},
-		// Hide the host's runtime state (e.g. its docker.sock) and give the guest its own.
+		// Hide the host's runtime state (e.g. its docker.sock) and give the guest its own. /tmp stays the
+		// host's (copy-on-write) so binaries and scripts built there can be run in the guest.
 		{"tmpfs", "/run", "tmpfs", "mode=0755"},
-		{"tmpfs", "/tmp", "tmpfs", "mode=1777"},
 		// overlay2 (dockerd in the guest) refuses an overlayfs upper; give it a plain tmpfs.
 		{"tmpfs", "/var/lib/docker", "tmpfs", "mode=0711"},
 		{"tmpfs", "/var/lib/containerd", "tmpfs", "mode=0711"},

@@ -1,0 +1,29 @@
+#!/bin/sh
+# Install what the VM tests (make vm-test) need and fetch/cache the guest kernels. Idempotent and quick
+# when everything is already there: apt is only asked about packages that are missing.
+set -eu
+
+cd "$(dirname "$0")/.."
+
+# qemu-system-x86: the VM; cpio/busybox-static: handy for poking at an initramfs by hand;
+# kmod: depmod for the extracted kernels and modprobe in the guest; xz-utils: 6.12's .ko.xz modules;
+# iproute2: ip/tc in the guest (it runs the host's userland); iperf3: reference numbers.
+pkgs="qemu-system-x86 cpio kmod busybox-static xz-utils iproute2 iperf3"
+missing=""
+for p in $pkgs; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+		missing="$missing $p"
+	fi
+done
+if [ -n "$missing" ]; then
+	echo "vm-deps: installing$missing"
+	# Only refresh the lists when they are absent (a fresh container); otherwise installs are offline-fast.
+	if [ -z "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v -e lock -e partial)" ]; then
+		apt-get update -q
+	fi
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
+else
+	echo "vm-deps: packages present"
+fi
+
+test/vm/fetch-kernels.sh
