@@ -123,6 +123,10 @@ func InterfacesFrom(hostNetnsPath, netnsPath string) ([]Pair, error) {
 }
 
 func interfaces(hns netns.NsHandle, netnsPath string) ([]Pair, error) {
+	if netnsPath == "" {
+		// Not ErrGone: an empty path is a caller's bug, not a container that went away.
+		return nil, errors.New("list veths: empty netns path")
+	}
 	cns, err := openNetns(netnsPath)
 	if err != nil {
 		return nil, err

@@ -340,6 +340,9 @@ func TestRootNetnsVanished(t *testing.T) {
 		t.Errorf("unmounted: want ErrGone, got %v", err)
 	}
 
+	if _, err := Interfaces(""); err == nil || errors.Is(err, ErrGone) {
+		t.Errorf("empty path: want a plain error, got %v", err)
+	}
 	// Another kind of namespace is an error, but neither gone nor host.
 	_, err = Interfaces("/proc/self/ns/mnt")
 	if err == nil || errors.Is(err, ErrGone) || errors.Is(err, ErrHostNetwork) {
