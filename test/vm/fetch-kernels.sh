@@ -3,7 +3,7 @@
 # ${NETSHAPE_VM_CACHE:-$HOME/.cache/netshape-vm}/kernels/<release>/ with an alias symlink per series:
 #   kernels/6.1  -> <6.1 release>   (Debian 12 default kernel: no TCX, legacy tc attach path)
 #   kernels/6.12 -> <6.12 release>  (bookworm backport: TCX path)
-# Each release dir holds vmlinuz, lib/modules/<release>/ (plain .ko, depmod run) and a .complete stamp.
+# Each release dir holds vmlinuz (+ vmlinux, see extract_vmlinux), config, lib/modules/<release>/ (plain .ko, depmod run) and a .complete stamp.
 # Idempotent: a release that is already complete is not downloaded or extracted again.
 #
 # Overrides: NETSHAPE_VM_PKG_61 / NETSHAPE_VM_PKG_612 pin exact package names; NETSHAPE_VM_REFRESH=1
@@ -26,6 +26,27 @@ pkg612() {
 		grep -E '^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$' | sort -V | tail -n1
 }
 
+# extract_vmlinux DIR: write DIR/vmlinux, the uncompressed ELF kernel inside DIR/vmlinuz, when the kernel
+# can be booted that way (CONFIG_PVH). qemu then starts it directly, which skips the kernel's own
+# decompression: 1-3 s per boot under TCG. vmrun falls back to vmlinuz when there is no vmlinux.
+extract_vmlinux() {
+	d=$1
+	grep -q '^CONFIG_PVH=y' "$d/config" || return 0
+	for c in 'xz -dc:\xfd7zXZ\x00' 'zstd -dc:\x28\xb5\x2f\xfd' 'gzip -dc:\x1f\x8b\x08'; do
+		tool=${c%%:*} magic=${c#*:}
+		command -v "${tool%% *}" >/dev/null || continue
+		off=$(LC_ALL=C grep -obUaP "$magic" "$d/vmlinuz" | head -n1 | cut -d: -f1)
+		[ -n "$off" ] || continue
+		# The compressed payload is followed by other data; the decompressors complain about it, but
+		# what they wrote before that is the whole kernel, which the ELF check below confirms.
+		tail -c +"$((off + 1))" "$d/vmlinuz" | $tool >"$d/vmlinux" 2>/dev/null || true
+		if [ "$(head -c4 "$d/vmlinux" | od -An -c | tr -d ' ')" = '177ELF' ]; then
+			return 0
+		fi
+	done
+	rm -f "$d/vmlinux"
+}
+
 # fetch ALIAS PACKAGE: make kernels/ALIAS point at an extracted, depmod'ed copy of PACKAGE.
 fetch() {
 	alias=$1 pkg=$2
@@ -43,6 +64,7 @@ fetch() {
 	rel=${rel%-unsigned}
 	dst=$kdir/$rel
 	if [ -f "$dst/.complete" ]; then
+		[ -f "$dst/vmlinux" ] || extract_vmlinux "$dst" # caches made before vmlinux was extracted
 		ln -sfn "$rel" "$kdir/$alias"
 		echo "fetch-kernels: $alias: cached $rel"
 		return 0
@@ -65,6 +87,8 @@ fetch() {
 	mkdir -p "$tmp/lib/modules"
 	mv "$tmp/x/lib/modules/$rel" "$tmp/lib/modules/$rel"
 	rm -rf "$tmp/x"
+
+	extract_vmlinux "$tmp"
 
 	m=$tmp/lib/modules/$rel/kernel
 	# A VM with no hardware needs none of these; dropping them keeps the cache at ~100 MB per kernel.
