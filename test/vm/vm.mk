@@ -3,6 +3,7 @@
 #
 #   make vm-test                      smoke + integration tests (test/integration, tag vm) in every kernel
 #   make vm-smoke                     only the harness's own smoke tests
+#   make vm-shell VM_KERNELS=6.12     interactive bash in a guest (Ctrl-A x quits)
 #   make vm-test VM_KERNELS=6.12 VM_TEST_RUN='TestVMFq' VM_FLAGS=-v
 #   NETSHAPE_VM_ACCEL=kvm make vm-test   (where nested KVM works; default is TCG)
 
@@ -20,7 +21,7 @@ VM_RUN         = $(VM_OUT)/vmrun -init $(VM_OUT)/init -out $(VM_OUT) -kernels $(
 VM_CMD_SMOKE   = -cmd 'cd test/vm/smoke && $(VM_ABS_OUT)/smoke.test $(VM_TEST_FLAGS)'
 VM_CMD_INTEG   = -cmd 'cd test/integration && $(VM_ABS_OUT)/integration.test $(VM_TEST_FLAGS)'
 
-.PHONY: vm-deps vm-kernels vm-tools vm-smoke vm-test vm-clean
+.PHONY: vm-deps vm-kernels vm-tools vm-smoke vm-test vm-shell vm-clean
 
 vm-deps:
 	.ci/vm-deps.sh
@@ -43,6 +44,11 @@ vm-smoke: vm-kernels vm-tools
 vm-test: vm-kernels vm-tools
 	$(if $(VM_HAVE_INTEG),go test -c -tags vm -o $(VM_OUT)/integration.test ./test/integration/)
 	$(VM_RUN) $(VM_CMD_SMOKE) $(if $(VM_HAVE_INTEG),$(VM_CMD_INTEG))
+
+# Interactive bash in the first kernel of VM_KERNELS (the host's userland, copy-on-write). Ctrl-A x quits.
+vm-shell: vm-kernels vm-tools
+	$(VM_OUT)/vmrun -init $(VM_OUT)/init -out $(VM_OUT) -kernels $(VM_KERNELS) -timeout 1h \
+		-env NETSHAPE_LOADGEN=$(VM_ABS_OUT)/loadgen -shell
 
 vm-clean:
 	rm -rf $(VM_OUT)

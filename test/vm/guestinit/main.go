@@ -234,7 +234,7 @@ func runCommands(spec *vmspec.Spec) int {
 	first := 0
 	for i, c := range spec.Commands {
 		fmt.Printf("%s %d %s\n", vmspec.MarkCmd, i, c)
-		code := runOne(c, spec.Dir, env, deadline)
+		code := runOne(c, spec.Dir, env, deadline, spec.Interactive)
 		fmt.Printf("%s %d %d\n", vmspec.MarkCmdExit, i, code)
 		if first == 0 {
 			first = code
@@ -243,7 +243,7 @@ func runCommands(spec *vmspec.Spec) int {
 	return first
 }
 
-func runOne(command, dir string, env []string, deadline time.Time) int {
+func runOne(command, dir string, env []string, deadline time.Time, interactive bool) int {
 	if time.Now().After(deadline) {
 		return vmspec.ExitTimeout
 	}
@@ -255,6 +255,19 @@ func runOne(command, dir string, env []string, deadline time.Time) int {
 	cmd.Stderr = os.Stdout // one stream keeps stderr lines in order with stdout on the console
 	// Own process group so a timeout can stop the whole tree (shell, test binary, its helpers).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if interactive {
+		// /dev/console cannot be a controlling terminal; the serial port itself can, which gives the
+		// shell job control and Ctrl-C.
+		tty, err := os.OpenFile("/dev/ttyS0", os.O_RDWR, 0)
+		if err != nil {
+			fmt.Printf("%s open /dev/ttyS0: %v\n", vmspec.MarkError, err)
+			return vmspec.ExitSetup
+		}
+		defer tty.Close()
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
+		cmd.Env = append(cmd.Env, "TERM=linux")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	}
 	if err := cmd.Start(); err != nil {
 		fmt.Printf("%s start %q: %v\n", vmspec.MarkError, command, err)
 		return vmspec.ExitSetup

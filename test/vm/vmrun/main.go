@@ -61,6 +61,7 @@ type options struct {
 	parallel bool
 	appendK  string
 	bzImage  bool
+	shell    bool
 }
 
 // Summary is the JSON written to -summary.
@@ -140,6 +141,7 @@ func parseFlags() (*options, error) {
 	flag.BoolVar(&o.parallel, "parallel", false, "boot all kernels at once (each VM gets -smp CPUs of TCG)")
 	flag.StringVar(&o.appendK, "append", os.Getenv("NETSHAPE_VM_APPEND"), "extra kernel command line ($NETSHAPE_VM_APPEND)")
 	flag.BoolVar(&o.bzImage, "bzimage", false, "boot vmlinuz even when an uncompressed vmlinux is cached")
+	flag.BoolVar(&o.shell, "shell", false, "interactive: boot the first kernel with a bash on the console (quit: exit, or Ctrl-A x)")
 	flag.Parse()
 
 	if o.initBin == "" {
@@ -151,6 +153,10 @@ func parseFlags() (*options, error) {
 	o.commands = cmds
 	if args := flag.Args(); len(args) > 0 {
 		o.commands = append(o.commands, shellJoin(args))
+	}
+	if o.shell {
+		o.commands = []string{"exec /bin/bash -i"}
+		o.kernels = o.kernels[:1]
 	}
 	if len(o.commands) == 0 {
 		return nil, errors.New("nothing to run: give -cmd or a command after --")
@@ -260,6 +266,15 @@ func runKernel(o *options, kernel string, printMu *sync.Mutex) *KernelRun {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", qemuArgs(o, kdir, initrd)...)
 	cmd.WaitDelay = 5 * time.Second
+	if o.shell {
+		// The terminal talks to the guest directly; nothing to parse.
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+		if err := cmd.Run(); err != nil {
+			r.Error = fmt.Sprintf("qemu: %v", err)
+		}
+		r.ExitCode = 0
+		return r
+	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		r.Error = err.Error()
@@ -308,15 +323,16 @@ func buildInitramfs(o *options, kernel, kdir, release, out string) (time.Duratio
 	}
 	// The guest stops its commands a little before the host kills qemu, so the console still says
 	// which command hung and the guest powers off cleanly.
-	guestTimeout := o.timeout - max(15*time.Second, o.timeout/10)
+	guestTimeout := o.timeout - min(max(15*time.Second, o.timeout/10), o.timeout/2)
 	spec := vmspec.Spec{
-		Kernel:     kernel,
-		Release:    release,
-		ModulesDir: modDir,
-		Commands:   o.commands,
-		Dir:        o.dir,
-		Env:        guestEnv(o, kernel, release),
-		TimeoutSec: int(guestTimeout.Seconds()),
+		Interactive: o.shell,
+		Kernel:      kernel,
+		Release:     release,
+		ModulesDir:  modDir,
+		Commands:    o.commands,
+		Dir:         o.dir,
+		Env:         guestEnv(o, kernel, release),
+		TimeoutSec:  int(guestTimeout.Seconds()),
 	}
 	files := []initramfsFile{{dst: "/init", src: o.initBin, mode: 0o755}}
 	for _, ko := range mods {

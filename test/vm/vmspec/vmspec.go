@@ -44,4 +44,6 @@ type Spec struct {
 	Env      []string `json:"env"`
 	// TimeoutSec bounds all commands together inside the guest (the host has its own, longer, timeout).
 	TimeoutSec int `json:"timeout_sec"`
+	// Interactive gives the commands the serial port as stdin and controlling terminal (vmrun -shell).
+	Interactive bool `json:"interactive,omitempty"`
 }
