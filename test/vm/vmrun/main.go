@@ -95,9 +95,12 @@ type KernelRun struct {
 
 // TestResult is one "--- PASS/FAIL/SKIP: Name (1.23s)" line of go test -v output.
 type TestResult struct {
+	Command int     `json:"command"` // index into Summary.Commands
 	Name    string  `json:"name"`
 	Result  string  `json:"result"`
 	Seconds float64 `json:"seconds"`
+	// Output: for a FAIL, the test's own lines before its result line (its t.Log/t.Error output).
+	Output []string `json:"output,omitempty"`
 }
 
 func main() {
@@ -349,7 +352,8 @@ func buildInitramfs(o *options, kernel, kdir, release, out string) (time.Duratio
 }
 
 func guestEnv(o *options, kernel, release string) []string {
-	env := []string{"NETSHAPE_VM=1", "NETSHAPE_VM_KERNEL=" + kernel, "NETSHAPE_VM_RELEASE=" + release}
+	// NETSHAPE_REQUIRE_FQ: test/nettest.RequireFq fails instead of skipping where fq must exist.
+	env := []string{"NETSHAPE_VM=1", "NETSHAPE_VM_KERNEL=" + kernel, "NETSHAPE_VM_RELEASE=" + release, "NETSHAPE_REQUIRE_FQ=1"}
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
 		if k == "CI" || k == "GOTRACEBACK" || (strings.HasPrefix(k, "NETSHAPE_") && !strings.HasPrefix(k, "NETSHAPE_VM")) {
@@ -393,10 +397,15 @@ func kernelImage(o *options, kdir string) string {
 	return filepath.Join(kdir, "vmlinuz")
 }
 
-var testLine = regexp.MustCompile(`^\s*--- (PASS|FAIL|SKIP): (\S+) \(([0-9.]+)s\)`)
+var (
+	testLine  = regexp.MustCompile(`^\s*--- (PASS|FAIL|SKIP): (\S+) \(([0-9.]+)s\)`)
+	testStart = regexp.MustCompile(`^=== (RUN|CONT|NAME|PAUSE) `)
+)
 
 // scanConsole follows the console until qemu closes it, filling r from the marker lines.
 func scanConsole(rd io.Reader, r *KernelRun, start time.Time, verbose bool, say func(string, ...any)) {
+	cmdIdx := -1
+	var cur []string // lines since the last "=== RUN/CONT/NAME": the running test's output
 	sc := bufio.NewScanner(rd)
 	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
 	for sc.Scan() {
@@ -425,6 +434,8 @@ func scanConsole(rd io.Reader, r *KernelRun, start time.Time, verbose bool, say 
 				}
 			}
 		case hasMark(line, vmspec.MarkCmd):
+			idx, _, _ := strings.Cut(payload(line, vmspec.MarkCmd), " ")
+			cmdIdx, _ = strconv.Atoi(idx)
 			if !verbose {
 				say("run: %s", payload(line, vmspec.MarkCmd))
 			}
@@ -447,10 +458,22 @@ func scanConsole(rd io.Reader, r *KernelRun, start time.Time, verbose bool, say 
 		default:
 			if m := testLine.FindStringSubmatch(line); m != nil {
 				secs, _ := strconv.ParseFloat(m[3], 64)
-				r.Tests = append(r.Tests, TestResult{Name: m[2], Result: m[1], Seconds: secs})
+				tr := TestResult{Command: cmdIdx, Name: m[2], Result: m[1], Seconds: secs}
+				if m[1] == "FAIL" {
+					tr.Output = append([]string(nil), cur[max(0, len(cur)-40):]...)
+				}
+				r.Tests = append(r.Tests, tr)
 				if !verbose {
 					say("%s %s (%ss)", m[1], m[2], m[3])
+					for _, l := range tr.Output {
+						say("    | %s", l)
+					}
 				}
+				cur = cur[:0]
+			} else if testStart.MatchString(line) {
+				cur = cur[:0]
+			} else {
+				cur = append(cur, line)
 			}
 		}
 	}

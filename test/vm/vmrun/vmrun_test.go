@@ -93,6 +93,8 @@ func TestScanConsoleCollectsMarkersAndTests(t *testing.T) {
 		"NETSHAPE-CMD 0 cd x && ./t.test -test.v",
 		"=== RUN   TestA",
 		"--- PASS: TestA (1.25s)",
+		"=== RUN   TestB/sub",
+		"    x_test.go:9: got 1, want 2",
 		"    --- FAIL: TestB/sub (0.00s)",
 		`[   12.3] some kernel line NETSHAPE-RESULT {"metric":"m","bits_per_sec":1e6}`,
 		"NETSHAPE-RESULT {not json",
@@ -108,7 +110,7 @@ func TestScanConsoleCollectsMarkersAndTests(t *testing.T) {
 	if r.GuestUptimeAtReady != 2.5 {
 		t.Errorf("uptime %v", r.GuestUptimeAtReady)
 	}
-	wantTests := []TestResult{{"TestA", "PASS", 1.25}, {"TestB/sub", "FAIL", 0}, {"TestC", "SKIP", 0}}
+	wantTests := []TestResult{{0, "TestA", "PASS", 1.25, nil}, {0, "TestB/sub", "FAIL", 0, []string{"    x_test.go:9: got 1, want 2"}}, {0, "TestC", "SKIP", 0, nil}}
 	if !reflect.DeepEqual(r.Tests, wantTests) {
 		t.Errorf("tests %+v", r.Tests)
 	}
