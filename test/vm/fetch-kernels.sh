@@ -10,7 +10,7 @@
 # asks apt for the current packages even when both series are cached.
 set -eu
 
-cache=${NETSHAPE_VM_CACHE:-$HOME/.cache/netshape-vm}
+cache=${NETSHAPE_VM_CACHE:-${HOME:-/root}/.cache/netshape-vm}
 kdir=$cache/kernels
 mkdir -p "$kdir" "$cache/debs"
 

@@ -121,7 +121,10 @@ func main() {
 
 func parseFlags() (*options, error) {
 	o := &options{}
-	home, _ := os.UserHomeDir()
+	home, err := os.UserHomeDir()
+	if err != nil {
+		home = "/root" // same default as fetch-kernels.sh
+	}
 	cache := os.Getenv("NETSHAPE_VM_CACHE")
 	if cache == "" {
 		cache = filepath.Join(home, ".cache", "netshape-vm")
