@@ -38,9 +38,14 @@ type nsRef struct {
 	owned bool // ns must be closed by us
 }
 
+// hostNetns is the namespace this process started in, captured before any
+// goroutine can move a thread: /proc/self/ns/net follows the main thread,
+// which netlink.NewHandleAt may briefly move into another namespace.
+var hostNetns, hostNetnsErr = netns.Get()
+
 func (d Device) nsPath() string {
 	if d.Netns == "" {
-		return "/proc/self/ns/net"
+		return "host"
 	}
 	return d.Netns
 }
@@ -48,7 +53,19 @@ func (d Device) nsPath() string {
 // openNetns opens the device's namespace without entering it.
 func openNetns(d Device) (*nsRef, error) {
 	path := d.nsPath()
-	ns, err := netns.GetFromPath(path)
+	var ns netns.NsHandle
+	var err error
+	if d.Netns == "" {
+		if hostNetnsErr != nil {
+			return nil, fmt.Errorf("device %s: host network namespace: %w", d, hostNetnsErr)
+		}
+		var fd int
+		if fd, err = unix.Dup(int(hostNetns)); err == nil {
+			ns = netns.NsHandle(fd)
+		}
+	} else {
+		ns, err = netns.GetFromPath(path)
+	}
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
 			return nil, fmt.Errorf("device %s: %w: %v", d, ErrNoNetns, err)
@@ -111,10 +128,16 @@ func (r *nsRef) do(fn func() error) error {
 	return fnErr
 }
 
-// nsIno is the inode identifying the namespace at path, 0 when it is gone.
-func nsIno(path string) uint64 {
+// nsIno is the inode identifying a device's namespace, 0 when it is gone.
+func nsIno(d Device) uint64 {
 	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
+	var err error
+	if d.Netns == "" {
+		err = unix.Fstat(int(hostNetns), &st)
+	} else {
+		err = unix.Stat(d.Netns, &st)
+	}
+	if err != nil {
 		return 0
 	}
 	return st.Ino

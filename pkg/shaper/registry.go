@@ -124,7 +124,7 @@ func (s *Shaper) Prune() ([]Attachment, error) {
 
 // alive reports whether the attachment's namespace and device still exist.
 func (s *Shaper) alive(a Attachment) bool {
-	if nsIno(a.Device.nsPath()) != a.NetnsIno {
+	if nsIno(a.Device) != a.NetnsIno {
 		return false
 	}
 	ns, err := openNetns(a.Device)
