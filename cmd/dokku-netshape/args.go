@@ -1,0 +1,52 @@
+package main
+
+import (
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// runCLI runs the CLI with flags accepted after APP too (`set myapp --egress
+// 20mbit`, Dokku's own order): urfave/cli v2 stops parsing flags at the first
+// positional argument, so flags are moved ahead of positionals first.
+func runCLI(argv []string) error {
+	app := newApp()
+	if len(argv) < 2 {
+		return app.Run(argv)
+	}
+	cmd := app.Command(argv[1])
+	if cmd == nil || cmd.SkipFlagParsing {
+		return app.Run(argv)
+	}
+	return app.Run(append(argv[:2:2], reorderArgs(cmd, argv[2:])...))
+}
+
+func reorderArgs(cmd *cli.Command, args []string) []string {
+	takesValue := map[string]bool{}
+	for _, f := range cmd.Flags {
+		_, isBool := f.(*cli.BoolFlag)
+		for _, n := range f.Names() {
+			takesValue[n] = !isBool
+		}
+	}
+	var flags, positional []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			positional = append(positional, args[i+1:]...)
+			break
+		}
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			positional = append(positional, a)
+			continue
+		}
+		flags = append(flags, a)
+		name := strings.TrimLeft(a, "-")
+		if !strings.Contains(name, "=") && takesValue[name] && i+1 < len(args) {
+			i++
+			flags = append(flags, args[i])
+		}
+	}
+	out := append(flags, "--")
+	return append(out, positional...)
+}

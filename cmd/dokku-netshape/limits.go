@@ -1,0 +1,79 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/dokku-netshape/dokku-netshape/pkg/containers"
+	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
+	"github.com/dokku-netshape/dokku-netshape/pkg/limits"
+)
+
+func limitsRequest(c *cli.Context, app, proc string) (limits.Request, error) {
+	r := limits.Request{
+		App: app, Process: proc,
+		Memory: c.String("memory"), MemorySwap: c.String("memory-swap"), CPUs: c.String("cpus"),
+		BlkioWeight:     c.String("blkio-weight"),
+		DeviceReadBps:   c.StringSlice("device-read-bps"),
+		DeviceWriteBps:  c.StringSlice("device-write-bps"),
+		DeviceReadIOPS:  c.StringSlice("device-read-iops"),
+		DeviceWriteIOPS: c.StringSlice("device-write-iops"),
+	}
+	for _, f := range []string{"memory", "memory-swap", "cpus", "blkio-weight"} {
+		if c.IsSet(f) && c.String(f) == "" {
+			return r, fmt.Errorf("--%s: empty value", f)
+		}
+	}
+	return r, nil
+}
+
+func persistLimits(env dokku.Env, r limits.Request) error {
+	if r.Empty() {
+		return nil
+	}
+	msgs, err := limits.Persist(env, r)
+	for _, m := range msgs {
+		fmt.Printf("-----> Set %s %s for %s\n", procLabel(r.Process), m, r.App)
+	}
+	return err
+}
+
+// applyLimits pushes memory/CPU/blkio to running containers. Docker access
+// is enough (the dokku user is in the docker group); no root needed.
+func applyLimits(ctx context.Context, env dokku.Env, r limits.Request) error {
+	docker, err := containers.New()
+	if err != nil {
+		return fmt.Errorf("connect to Docker to apply limits live: %w", err)
+	}
+	defer docker.Close()
+	applied, pending, err := limits.ApplyLive(ctx, docker, env, r.App)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, a := range applied {
+		if a.Err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", a.Container, a.Err))
+			continue
+		}
+		fmt.Printf("-----> %s updated live: %s\n", a.Container, a.Resources)
+	}
+	if pending != "" {
+		fmt.Println("       " + pending)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("limits saved; Docker could not apply them live (they apply at the next deploy): %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+func clearLimits(env dokku.Env, app, proc string) error {
+	if err := limits.Clear(env, app, proc); err != nil {
+		return err
+	}
+	fmt.Printf("-----> Cleared %s memory, CPU and blkio limits of %s (running containers keep theirs until the next deploy: Docker cannot remove a limit live)\n", procLabel(proc), app)
+	return nil
+}

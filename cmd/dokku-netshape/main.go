@@ -1,0 +1,60 @@
+// Command dokku-netshape enforces Dokku's network limits (and applies its
+// memory, CPU and blkio limits live) on an app's running containers.
+//
+// One binary serves every role, chosen by the name it is called by, as Dokku's
+// own Go plugins do:
+//
+//	dokku-netshape ...            the CLI
+//	subcommands/<name> netshape:<name> ...   a Dokku subcommand
+//	commands <cmd> ...            Dokku's fallback dispatcher (exit 10 if not ours)
+//	<trigger> ...                 a Dokku trigger (post-deploy, post-delete, ...)
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// exitNotImplemented tells Dokku's dispatcher to try the next plugin.
+const exitNotImplemented = 10
+
+func main() {
+	os.Exit(run(os.Args))
+}
+
+func run(argv []string) int {
+	self := filepath.Base(argv[0])
+	var err error
+	switch {
+	case self == "commands":
+		return runCommands(argv[1:])
+	case filepath.Base(filepath.Dir(argv[0])) == "subcommands":
+		err = runSubcommand(self, argv[1:])
+	case isTrigger(self):
+		err = runTrigger(self, argv[1:])
+	default:
+		err = runCLI(argv)
+	}
+	if err != nil {
+		var ex exitError
+		if errors.As(err, &ex) {
+			if ex.msg != "" {
+				fmt.Fprintln(os.Stderr, ex.msg)
+			}
+			return ex.code
+		}
+		fmt.Fprintln(os.Stderr, "!     "+err.Error())
+		return 1
+	}
+	return 0
+}
+
+// exitError carries a specific exit code out of a command.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e exitError) Error() string { return e.msg }

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
+)
+
+// pluginName is what `dokku plugin:install` names us (dokku-netshape → netshape).
+const pluginName = "netshape"
+
+// pluginCommands are the Dokku subcommands, in help order, with their
+// "args, description" help lines (Dokku's help columns are comma separated).
+var pluginCommands = []struct{ name, args, desc string }{
+	{"set", "<app> [--process-type P] [--egress R] [--ingress R] [--network R] [--memory S] [--memory-swap S] [--cpus N] [--blkio-weight N] [--device-(read|write)-(bps|iops) DEV:V] [--no-apply] [--force]", "Set limits of an app and apply them to its running containers"},
+	{"clear", "<app> [--process-type P] (--egress|--ingress|--all) [--no-apply]", "Clear limits of an app"},
+	{"apply", "(<app>|--all) [--force]", "Make running containers enforce the configured limits"},
+	{"report", "[<app>] [--format stdout|json] [--netshape-FIELD]", "Show limits, shaped interfaces and counters"},
+	{"help", "", "Show this help"},
+}
+
+func pluginHelp() string {
+	var b strings.Builder
+	b.WriteString("Usage: dokku netshape[:COMMAND]\n\n")
+	b.WriteString("Enforce network bandwidth limits (eBPF EDT + fq on container veths), and memory, CPU and blkio limits, on app containers.\n\n")
+	b.WriteString("Additional commands:")
+	for _, c := range pluginCommands {
+		fmt.Fprintf(&b, "\n    %s:%s %s, %s", pluginName, c.name, c.args, c.desc)
+	}
+	b.WriteString("\n")
+	return b.String()
+}
+
+// runCommands is Dokku's fallback dispatcher: `commands CMD ARGS...`.
+func runCommands(args []string) int {
+	if len(args) == 0 {
+		return exitNotImplemented
+	}
+	switch cmd := args[0]; {
+	case cmd == "help":
+		// `dokku help`: one summary line.
+		fmt.Printf("    %s, Enforce network bandwidth (and memory, CPU, blkio) limits on app containers\n", pluginName)
+		return 0
+	case cmd == pluginName || cmd == pluginName+":help":
+		fmt.Print(pluginHelp())
+		return 0
+	case strings.HasPrefix(cmd, pluginName+":"):
+		name := strings.TrimPrefix(cmd, pluginName+":")
+		for _, c := range pluginCommands {
+			if c.name == name {
+				return run(append([]string{"subcommands/" + name}, args...))
+			}
+		}
+	}
+	return exitNotImplemented
+}
+
+// runSubcommand runs `subcommands/NAME netshape:NAME ARGS...`.
+func runSubcommand(name string, args []string) error {
+	if len(args) > 0 && args[0] == pluginName+":"+name {
+		args = args[1:]
+	}
+	if name == "help" {
+		fmt.Print(pluginHelp())
+		return nil
+	}
+	for _, c := range pluginCommands {
+		if c.name == name {
+			return runCLI(append([]string{"dokku " + pluginName, name}, args...))
+		}
+	}
+	return exitError{code: exitNotImplemented}
+}
+
+// triggers are the Dokku triggers this binary answers to, with the number of
+// arguments Dokku passes (at least).
+var triggers = map[string]int{
+	"post-deploy":           1, // APP PORT IP TAG
+	"post-delete":           1, // APP TAG
+	"post-app-rename-setup": 2, // OLD NEW
+	"post-app-clone-setup":  2, // OLD NEW
+	"report":                1, // APP
+	"install":               0,
+	"uninstall":             1, // PLUGIN
+}
+
+func isTrigger(name string) bool {
+	_, ok := triggers[name]
+	return ok
+}
+
+func runTrigger(name string, args []string) error {
+	if len(args) < triggers[name] {
+		return fmt.Errorf("trigger %s: expected %d arguments, got %d", name, triggers[name], len(args))
+	}
+	ctx := context.Background()
+	env := dokku.EnvFromOS()
+	switch name {
+	case "post-deploy":
+		return runCLI([]string{"dokku-netshape", "apply", args[0]})
+	case "post-delete":
+		// Our docker-options ownership records go with the app; Dokku's
+		// resource and docker-options plugins delete their own properties.
+		if err := env.Properties(dokku.OwnerPlugin).Destroy(args[0]); err != nil {
+			return err
+		}
+		return runCLI([]string{"dokku-netshape", "remove", args[0]})
+	case "post-app-rename-setup":
+		// Dokku copies resource and docker-options properties itself; our
+		// records of which docker-options lines we own must follow them, or
+		// the new app's lines would look operator-written.
+		return env.Properties(dokku.OwnerPlugin).Clone(args[0], args[1])
+	case "post-app-clone-setup":
+		return env.Properties(dokku.OwnerPlugin).Clone(args[0], args[1])
+	case "report":
+		return runReport(ctx, []string{args[0]}, os.Stdout)
+	case "install":
+		return install(ctx)
+	case "uninstall":
+		if args[0] != pluginName {
+			return nil
+		}
+		return uninstall(ctx)
+	}
+	return nil
+}

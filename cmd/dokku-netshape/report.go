@@ -1,0 +1,227 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
+	"github.com/dokku-netshape/dokku-netshape/pkg/limits"
+	"github.com/dokku-netshape/dokku-netshape/pkg/rate"
+	"github.com/dokku-netshape/dokku-netshape/pkg/reconcile"
+	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
+)
+
+// reportFields are the `--netshape-FIELD` names, in display order.
+var reportFields = []string{
+	"egress", "ingress", "process-limits", "memory", "memory-swap", "cpus", "docker-options",
+	"shaped", "unshaped", "warnings", "counters",
+}
+
+func reportCommand() *cli.Command {
+	return &cli.Command{
+		Name:            "report",
+		Usage:           "show configured limits, shaped devices and counters",
+		ArgsUsage:       "[APP] [--format stdout|json] [--netshape-FIELD]",
+		SkipFlagParsing: true, // Dokku's --netshape-FIELD flags are open-ended
+		Action: func(c *cli.Context) error {
+			return runReport(c.Context, c.Args().Slice(), os.Stdout)
+		},
+	}
+}
+
+type reportArgs struct {
+	app    string
+	format string
+	field  string
+}
+
+func parseReportArgs(args []string) (reportArgs, error) {
+	ra := reportArgs{format: "stdout"}
+	formatSet := false
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--format" || strings.HasPrefix(a, "--format="):
+			v, ok := strings.CutPrefix(a, "--format=")
+			if !ok {
+				if i+1 >= len(args) {
+					return ra, errors.New("--format needs a value: stdout or json")
+				}
+				i++
+				v = args[i]
+			}
+			if v != "stdout" && v != "json" {
+				return ra, fmt.Errorf("--format: %q is not stdout or json", v)
+			}
+			ra.format, formatSet = v, true
+		case strings.HasPrefix(a, "--netshape-"):
+			f := strings.TrimPrefix(a, "--netshape-")
+			if !contains(reportFields, f) {
+				return ra, fmt.Errorf("%s: unknown field; fields: --netshape-%s", a, strings.Join(reportFields, ", --netshape-"))
+			}
+			if ra.field != "" {
+				return ra, errors.New("only one --netshape-FIELD at a time")
+			}
+			ra.field = f
+		case strings.HasPrefix(a, "-"):
+			return ra, fmt.Errorf("%s: unknown flag", a)
+		default:
+			if ra.app != "" {
+				return ra, fmt.Errorf("expected at most one APP, got %q and %q", ra.app, a)
+			}
+			ra.app = a
+		}
+	}
+	if formatSet && ra.field != "" {
+		return ra, errors.New("--format cannot be combined with --netshape-FIELD")
+	}
+	return ra, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func runReport(ctx context.Context, args []string, out io.Writer) error {
+	ra, err := parseReportArgs(args)
+	if err != nil {
+		return err
+	}
+	env := dokku.EnvFromOS()
+	if err := checkTree(env); err != nil {
+		return err
+	}
+	apps := []string{ra.app}
+	if ra.app == "" {
+		if apps, err = env.Apps(); err != nil {
+			return err
+		}
+	} else if err := env.VerifyApp(ra.app); err != nil {
+		return err
+	}
+	return asRoot(ctx, append([]string{"report"}, args...), func() error {
+		return withReconciler(ctx, false, func(r *reconcile.Reconciler) error {
+			all := map[string]map[string]string{}
+			for _, app := range apps {
+				fields, err := appReport(ctx, r, app)
+				if err != nil {
+					return err
+				}
+				all[app] = fields
+			}
+			return writeReport(out, ra, apps, all)
+		})
+	})
+}
+
+func writeReport(out io.Writer, ra reportArgs, apps []string, all map[string]map[string]string) error {
+	switch {
+	case ra.field != "":
+		for _, app := range apps {
+			fmt.Fprintln(out, all[app][ra.field])
+		}
+	case ra.format == "json":
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if ra.app != "" {
+			return enc.Encode(prefixed(all[ra.app]))
+		}
+		byApp := map[string]map[string]string{}
+		for app, f := range all {
+			byApp[app] = prefixed(f)
+		}
+		return enc.Encode(byApp)
+	default:
+		for _, app := range apps {
+			fmt.Fprintf(out, "=====> %s netshape information\n", app)
+			for _, f := range reportFields {
+				label := "Netshape " + strings.ReplaceAll(f, "-", " ") + ":"
+				fmt.Fprintf(out, "       %-32s%s\n", label, all[app][f])
+			}
+		}
+	}
+	return nil
+}
+
+func prefixed(f map[string]string) map[string]string {
+	out := make(map[string]string, len(f))
+	for k, v := range f {
+		out["netshape-"+k] = v
+	}
+	return out
+}
+
+// appReport gathers one app's fields.
+func appReport(ctx context.Context, r *reconcile.Reconciler, app string) (map[string]string, error) {
+	f := map[string]string{}
+	for _, k := range reportFields {
+		f[k] = ""
+	}
+	st, err := r.Status(ctx, app)
+	if err != nil {
+		return nil, err
+	}
+	var procLimits []string
+	for _, w := range st.Wants {
+		v := rate.Rate(w.Budget.Rate).String()
+		if w.Scope == reconcile.DefaultScope {
+			f[string(w.Direction)] = v
+			continue
+		}
+		procLimits = append(procLimits, fmt.Sprintf("%s %s=%s", w.Scope, w.Direction, v))
+	}
+	sort.Strings(procLimits)
+	f["process-limits"] = strings.Join(procLimits, ", ")
+
+	cur, err := limits.Read(r.Env, app, reconcile.DefaultScope)
+	if err != nil {
+		return nil, err
+	}
+	f["memory"], f["memory-swap"], f["cpus"] = cur.Memory, cur.MemorySwap, cur.CPUs
+	f["docker-options"] = strings.Join(cur.Options, " ")
+
+	var shaped, unshaped []string
+	for _, s := range st.Shaped {
+		shaped = append(shaped, fmt.Sprintf("%s/%s %s", s.Container, s.Interface, s.Direction))
+	}
+	for _, u := range st.Unshaped {
+		where := u.Container
+		if u.Interface != "" {
+			where += "/" + u.Interface + " " + string(u.Direction)
+		}
+		unshaped = append(unshaped, where+": "+u.Reason)
+	}
+	f["shaped"] = strings.Join(shaped, ", ")
+	f["unshaped"] = strings.Join(unshaped, "; ")
+	f["warnings"] = strings.Join(st.Warnings, "; ")
+
+	var counters []string
+	if r.Shaper != nil {
+		for _, w := range st.Wants {
+			b, err := r.Shaper.Budget(w.Budget.Name)
+			if errors.Is(err, shaper.ErrNoBudget) {
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			counters = append(counters, fmt.Sprintf("%s/%s: %d bytes, %d packets, %d delayed, %d dropped, %d marked, %d express",
+				w.Scope, w.Direction, b.Stats.Bytes, b.Stats.Packets, b.Stats.Delayed, b.Stats.Dropped, b.Stats.Marked, b.Stats.Express))
+		}
+	}
+	f["counters"] = strings.Join(counters, "; ")
+	return f, nil
+}
