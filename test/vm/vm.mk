@@ -21,7 +21,9 @@ VM_FLAGS      ?=
 VM_AUTO_PKGS  := $(patsubst %/,./%,$(dir $(shell grep -rlE --include='*_test.go' \
                    -e 'RequireFq' -e '^//go:build.*\bvm\b' pkg cmd test 2>/dev/null)))
 # The smoke tests first: when they fail, the guest itself is broken and the rest says little.
-VM_PKGS       ?= ./test/vm/smoke $(filter-out ./test/vm/smoke,$(sort $(VM_AUTO_PKGS)))
+# test/integration is included whatever its build tags.
+VM_PKGS       ?= ./test/vm/smoke $(filter-out ./test/vm/smoke ./test/integration,$(sort $(VM_AUTO_PKGS))) \
+                 $(if $(wildcard test/integration/*_test.go),./test/integration)
 
 VM_ABS_OUT     = $(abspath $(VM_OUT))
 VM_TEST_FLAGS  = -test.v -test.count=1 $(if $(VM_TEST_RUN),-test.run '$(VM_TEST_RUN)')

@@ -15,10 +15,16 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/dokku-netshape/dokku-netshape/test/tools/testnet"
+	"github.com/dokku-netshape/dokku-netshape/test/nettest"
 	"github.com/dokku-netshape/dokku-netshape/test/tools/traffic"
 	"github.com/dokku-netshape/dokku-netshape/test/vm/vmresult"
 )
+
+// newPair: two fresh namespaces joined by a veth pair (subnet picks 10.200+.X.0/24 per test).
+func newPair(t *testing.T, subnet int) *nettest.Pair {
+	t.Helper()
+	return nettest.NewPair(t, nettest.NewNetns(t, "smka"), nettest.NewNetns(t, "smkb"), subnet)
+}
 
 // TestVMGuestEnvironment: what /init promises every VM test.
 func TestVMGuestEnvironment(t *testing.T) {
@@ -62,16 +68,16 @@ func TestVMGuestEnvironment(t *testing.T) {
 // TestVMFqRootOnVeth: the one thing the host cannot do — an fq root qdisc on a veth in a netns.
 func TestVMFqRootOnVeth(t *testing.T) {
 	vmresult.RequireVM(t)
-	p := testnet.NewPair(t)
-	testnet.Run(t, "tc", "-n", p.NsA, "qdisc", "add", "dev", p.DevA, "root", "fq")
-	out := testnet.Run(t, "tc", "-n", p.NsA, "qdisc", "show", "dev", p.DevA)
+	p := newPair(t, 1)
+	p.A.Run(t, "tc", "qdisc", "add", "dev", p.NameA, "root", "fq")
+	out := p.A.Run(t, "tc", "qdisc", "show", "dev", p.NameA)
 	if !strings.Contains(out, "qdisc fq ") || !strings.Contains(out, " root ") {
-		t.Fatalf("fq root not installed on %s: %s", p.DevA, out)
+		t.Fatalf("fq root not installed on %s: %s", p.NameA, out)
 	}
-	testnet.Run(t, "tc", "-n", p.NsA, "qdisc", "add", "dev", p.DevA, "clsact")
+	p.A.Run(t, "tc", "qdisc", "add", "dev", p.NameA, "clsact")
 	// Qdiscs nobody preloaded must come in through the kernel's module autoloading (comparisons use them).
-	testnet.Run(t, "tc", "-n", p.NsB, "qdisc", "add", "dev", p.DevB, "root", "tbf", "rate", "20mbit", "burst", "32kb", "latency", "25ms")
-	if out := testnet.Run(t, "tc", "-n", p.NsB, "qdisc", "show", "dev", p.DevB); !strings.Contains(out, "qdisc tbf ") {
+	p.B.Run(t, "tc", "qdisc", "add", "dev", p.NameB, "root", "tbf", "rate", "20mbit", "burst", "32kb", "latency", "25ms")
+	if out := p.B.Run(t, "tc", "qdisc", "show", "dev", p.NameB); !strings.Contains(out, "qdisc tbf ") {
 		t.Fatalf("tbf not installed: %s", out)
 	}
 }
@@ -80,8 +86,8 @@ func TestVMFqRootOnVeth(t *testing.T) {
 // the ceiling any shaped-rate test in this guest has to stay well below.
 func TestVMUnshapedVethTCP(t *testing.T) {
 	vmresult.RequireVM(t)
-	p := testnet.NewPair(t)
-	ln, err := traffic.ListenIn(p.PathB(), net.JoinHostPort(p.AddrB, "5001"))
+	p := newPair(t, 2)
+	ln, err := traffic.ListenIn(p.B.Path, net.JoinHostPort(p.IPB, "5001"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +97,7 @@ func TestVMUnshapedVethTCP(t *testing.T) {
 	ctx := context.Background()
 	sent := make(chan traffic.SendResult, 1)
 	go func() {
-		res, err := traffic.Send(ctx, traffic.SendOptions{Addr: sink.Addr().String(), Duration: 3 * time.Second, Dial: traffic.DialIn(p.PathA())})
+		res, err := traffic.Send(ctx, traffic.SendOptions{Addr: sink.Addr().String(), Duration: 3 * time.Second, Dial: traffic.DialIn(p.A.Path)})
 		if err != nil {
 			t.Errorf("send: %v", err)
 		}
@@ -120,9 +126,9 @@ func TestVMLoadgenBetweenNamespaces(t *testing.T) {
 	if bin == "" {
 		t.Fatal("NETSHAPE_LOADGEN (path of a built test/tools/loadgen) is not set; make vm-smoke sets it")
 	}
-	p := testnet.NewPair(t)
-	serve := exec.Command("ip", "netns", "exec", p.NsB, bin, "serve",
-		"-sink", p.AddrB+":5001", "-echo", p.AddrB+":5002", "-duration", "60s")
+	p := newPair(t, 3)
+	serve := exec.Command("ip", "netns", "exec", p.B.Name, bin, "serve",
+		"-sink", p.IPB+":5001", "-echo", p.IPB+":5002", "-duration", "60s")
 	stdout, err := serve.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -136,7 +142,7 @@ func TestVMLoadgenBetweenNamespaces(t *testing.T) {
 		t.Fatalf("loadgen serve did not come up: %q, %v", first, err)
 	}
 
-	out := testnet.RunIn(t, p.NsA, bin, "send", "-to", p.AddrB+":5001", "-duration", "2s")
+	out := p.A.Run(t, bin, "send", "-to", p.IPB+":5001", "-duration", "2s")
 	var final struct {
 		Final      bool    `json:"final"`
 		Bytes      int64   `json:"bytes"`
@@ -147,7 +153,7 @@ func TestVMLoadgenBetweenNamespaces(t *testing.T) {
 		t.Fatalf("send output's last line is not a final result: %q (%v)", lines[len(lines)-1], err)
 	}
 
-	out = testnet.RunIn(t, p.NsA, bin, "rr", "-to", p.AddrB+":5002", "-count", "200", "-interval", "5ms")
+	out = p.A.Run(t, bin, "rr", "-to", p.IPB+":5002", "-count", "200", "-interval", "5ms")
 	var lat traffic.Latency
 	if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &lat); err != nil {
 		t.Fatalf("rr output %q: %v", out, err)
