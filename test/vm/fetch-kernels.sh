@@ -105,6 +105,7 @@ fetch() {
 	mv "$tmp" "$dst"
 	echo "$pkg" >"$dst/package"
 	touch "$dst/.complete"
+	rm -f "$deb" # re-downloading takes seconds; keeping it costs ~100 MB
 	ln -sfn "$rel" "$kdir/$alias"
 	echo "fetch-kernels: $alias: ready $rel"
 }
