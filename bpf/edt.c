@@ -130,7 +130,8 @@ int netshape_edt(struct __sk_buff *skb)
 
 	bpf_spin_lock(&st->lock);
 	start = st->t_last > ts ? st->t_last : ts;
-	backlog = start - now;
+	// The budget's own queue, not any pacing delay the sender chose.
+	backlog = st->t_last > now ? st->t_last - now : 0;
 	if (sparse && start > ts && backlog <= cfg->express_ns) {
 		express = 1;
 		depart = ts;

@@ -204,7 +204,7 @@ func TestRootEDTSpacing(t *testing.T) {
 		{123_456_789, []uint64{7777, 4321}},
 	} {
 		b := newTestBudget(t, s, Budget{Name: "spacing", Rate: tc.rate, Horizon: time.Minute})
-		want := b.setClock(5 * time.Millisecond)
+		want := b.setClock(time.Second)
 		for i, l := range tc.wireLen {
 			r := run(t, b.prog, packet(0x0800, 0, uint16(2000+i)), uint32(l), 0)
 			if r.tstamp != want {
@@ -224,9 +224,10 @@ func TestRootEDTSpacing(t *testing.T) {
 func TestRootEDTRespectsLaterTimestamp(t *testing.T) {
 	s := openTestShaper(t)
 	const rate = 8_000_000
-	b := newTestBudget(t, s, Budget{Name: "later", Rate: rate})
-	// TCP's own pacing put the packet 3 ms ahead of an idle budget.
-	paced := monotonicNow() + uint64(3*time.Millisecond)
+	b := newTestBudget(t, s, Budget{Name: "later", Rate: rate, Horizon: 10 * time.Second})
+	// TCP's own pacing put the packet ahead of an idle budget (far enough
+	// ahead that a slow emulated guest cannot reach it before the run).
+	paced := monotonicNow() + uint64(500*time.Millisecond)
 	r := run(t, b.prog, packet(0x0800, 0, 1), 5000, paced)
 	if r.tstamp != paced {
 		t.Fatalf("departure %d, want the existing later timestamp %d", r.tstamp, paced)
@@ -242,8 +243,8 @@ func TestRootEDTRespectsLaterTimestamp(t *testing.T) {
 		t.Fatalf("timestamp an hour ahead was honoured: departure %d, run [%d, %d]", r.tstamp, r.before, r.after)
 	}
 	// An earlier timestamp than the budget clock is pushed to the clock.
-	clock := b.setClock(2 * time.Millisecond)
-	r = run(t, b.prog, packet(0x0800, 0, 3), 5000, monotonicNow()+uint64(time.Millisecond))
+	clock := b.setClock(800 * time.Millisecond)
+	r = run(t, b.prog, packet(0x0800, 0, 3), 5000, monotonicNow()+uint64(400*time.Millisecond))
 	if r.tstamp != clock {
 		t.Fatalf("departure %d, want budget clock %d", r.tstamp, clock)
 	}
@@ -251,11 +252,11 @@ func TestRootEDTRespectsLaterTimestamp(t *testing.T) {
 
 func TestRootEDTHorizonDrop(t *testing.T) {
 	s := openTestShaper(t)
-	const rate = 8_000_000
-	horizon := 10 * time.Millisecond
+	const rate = 1_000_000
+	horizon := 200 * time.Millisecond
 	b := newTestBudget(t, s, Budget{Name: "horizon", Rate: rate, Horizon: horizon, CEThreshold: -1})
 
-	clock := b.setClock(horizon + 2*time.Millisecond)
+	clock := b.setClock(horizon + 100*time.Millisecond)
 	r := run(t, b.prog, packet(0x0800, 0, 1), 5000, 0)
 	if r.ret != tcActShot {
 		t.Fatalf("backlog beyond horizon: verdict %d, want TC_ACT_SHOT", int32(r.ret))
@@ -263,8 +264,8 @@ func TestRootEDTHorizonDrop(t *testing.T) {
 	if got := b.clock(); got != clock {
 		t.Fatalf("a dropped packet moved the clock: %d, want %d", got, clock)
 	}
-	// Measured before the packet: a 60 ms packet on a 7 ms backlog passes.
-	clock = b.setClock(7 * time.Millisecond)
+	// Measured before the packet: a 480 ms packet on a 150 ms backlog passes.
+	clock = b.setClock(150 * time.Millisecond)
 	r = run(t, b.prog, packet(0x0800, 0, 2), 60000, 0)
 	if r.ret != tcActUnspc || r.tstamp != clock {
 		t.Fatalf("packet larger than the horizon on a short backlog: verdict %d departure %d, want pass at %d", int32(r.ret), r.tstamp, clock)
@@ -273,12 +274,19 @@ func TestRootEDTHorizonDrop(t *testing.T) {
 	if st.Dropped != 1 || st.Packets != 1 || st.Bytes != 60000 || st.Delayed != 1 {
 		t.Fatalf("counters %+v, want 1 dropped, 1 packet of 60000 B, 1 delayed", st)
 	}
+	// The sender's own pacing delay is not budget backlog: a packet TCP
+	// stamped beyond the horizon on an idle budget passes at its stamp.
+	b.setClock(-time.Second)
+	paced := monotonicNow() + uint64(horizon+300*time.Millisecond)
+	if r := run(t, b.prog, packet(0x0800, 0, 3), 1000, paced); r.ret != tcActUnspc || r.tstamp != paced {
+		t.Fatalf("paced packet on an idle budget: verdict %d departure %d, want pass at %d", int32(r.ret), r.tstamp, paced)
+	}
 }
 
 func TestRootEDTMarksCE(t *testing.T) {
 	s := openTestShaper(t)
 	const rate = 8_000_000
-	b := newTestBudget(t, s, Budget{Name: "ce", Rate: rate, Horizon: time.Second, CEThreshold: 2 * time.Millisecond})
+	b := newTestBudget(t, s, Budget{Name: "ce", Rate: rate, Horizon: 2 * time.Second, CEThreshold: 200 * time.Millisecond})
 	for _, tc := range []struct {
 		name      string
 		ethertype uint16
@@ -287,11 +295,11 @@ func TestRootEDTMarksCE(t *testing.T) {
 		wantECN   byte
 		ecnOf     func([]byte) byte
 	}{
-		{"v4 ECT(0) above threshold", 0x0800, 2, 5 * time.Millisecond, 3, ipv4ECN},
-		{"v4 ECT(1) above threshold", 0x0800, 1, 5 * time.Millisecond, 3, ipv4ECN},
-		{"v6 ECT(0) above threshold", 0x86dd, 2, 5 * time.Millisecond, 3, ipv6ECN},
-		{"v4 not-ECT above threshold", 0x0800, 0, 5 * time.Millisecond, 0, ipv4ECN},
-		{"v4 ECT(0) below threshold", 0x0800, 2, 1 * time.Millisecond, 2, ipv4ECN},
+		{"v4 ECT(0) above threshold", 0x0800, 2, 500 * time.Millisecond, 3, ipv4ECN},
+		{"v4 ECT(1) above threshold", 0x0800, 1, 500 * time.Millisecond, 3, ipv4ECN},
+		{"v6 ECT(0) above threshold", 0x86dd, 2, 500 * time.Millisecond, 3, ipv6ECN},
+		{"v4 not-ECT above threshold", 0x0800, 0, 500 * time.Millisecond, 0, ipv4ECN},
+		{"v4 ECT(0) below threshold", 0x0800, 2, 100 * time.Millisecond, 2, ipv4ECN},
 	} {
 		before := b.stats().Marked
 		b.setClock(tc.backlog)
@@ -366,7 +374,7 @@ func TestRootEDTCountsEveryEthertype(t *testing.T) {
 	s := openTestShaper(t)
 	const rate = 8_000_000
 	b := newTestBudget(t, s, Budget{Name: "ethertypes", Rate: rate, Horizon: time.Minute})
-	want := b.setClock(time.Millisecond)
+	want := b.setClock(time.Second)
 	for i, et := range []uint16{0x0800, 0x86dd, 0x0806, 0x88cc} {
 		r := run(t, b.prog, packet(et, 0, uint16(i)), 4000, 0)
 		if r.tstamp != want {
@@ -451,10 +459,10 @@ func TestRootEDTSharedBudgetAcrossProgramsAndCPUs(t *testing.T) {
 
 func TestRootBudgetRateChangeInPlace(t *testing.T) {
 	s := openTestShaper(t)
-	b := newTestBudget(t, s, Budget{Name: "live", Rate: 20_000_000})
-	clock := b.setClock(time.Millisecond)
+	b := newTestBudget(t, s, Budget{Name: "live", Rate: 20_000_000, Horizon: time.Minute})
+	clock := b.setClock(time.Second)
 	run(t, b.prog, packet(0x0800, 0, 1), 5000, 0)
-	if err := s.UpsertBudget(Budget{Name: "live", Rate: 50_000_000}); err != nil {
+	if err := s.UpsertBudget(Budget{Name: "live", Rate: 50_000_000, Horizon: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
 	// Same id, same clock, same counters: only the rate changed.
