@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -15,13 +16,21 @@ func runCLI(argv []string) error {
 		return app.Run(argv)
 	}
 	cmd := app.Command(argv[1])
+	if cmd == nil && !strings.HasPrefix(argv[1], "-") && argv[1] != "help" && argv[1] != "h" {
+		// urfave/cli would answer "No help topic for ..." with exit code 3.
+		return fmt.Errorf("unknown command %q: run `%s help` for the list", argv[1], app.Name)
+	}
 	if cmd == nil || cmd.SkipFlagParsing {
 		return app.Run(argv)
 	}
-	return app.Run(append(argv[:2:2], reorderArgs(cmd, argv[2:])...))
+	args, err := reorderArgs(cmd, argv[2:])
+	if err != nil {
+		return fmt.Errorf("%s: %w", cmd.Name, err)
+	}
+	return app.Run(append(argv[:2:2], args...))
 }
 
-func reorderArgs(cmd *cli.Command, args []string) []string {
+func reorderArgs(cmd *cli.Command, args []string) ([]string, error) {
 	takesValue := map[string]bool{}
 	for _, f := range cmd.Flags {
 		_, isBool := f.(*cli.BoolFlag)
@@ -42,11 +51,15 @@ func reorderArgs(cmd *cli.Command, args []string) []string {
 		}
 		flags = append(flags, a)
 		name := strings.TrimLeft(a, "-")
-		if !strings.Contains(name, "=") && takesValue[name] && i+1 < len(args) {
+		if !strings.Contains(name, "=") && takesValue[name] {
+			if i+1 == len(args) {
+				// Without this the "--" appended below would become its value.
+				return nil, fmt.Errorf("flag needs an argument: %s", a)
+			}
 			i++
 			flags = append(flags, args[i])
 		}
 	}
 	out := append(flags, "--")
-	return append(out, positional...)
+	return append(out, positional...), nil
 }

@@ -26,7 +26,7 @@ const (
 )
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:                 "dokku-netshape",
 		Usage:                "enforce Dokku's network, memory, CPU and blkio limits on running containers",
 		HideVersion:          true,
@@ -42,7 +42,21 @@ func newApp() *cli.App {
 			manCommand(),
 		},
 		ExitErrHandler: func(*cli.Context, error) {}, // run() prints errors once
+		OnUsageError:   usageError,
 	}
+	for _, c := range app.Commands {
+		c.OnUsageError = usageError
+	}
+	return app
+}
+
+// usageError returns a flag error as it is: run() prints it as the one error
+// line, where urfave/cli would print "Incorrect Usage" and the whole help.
+func usageError(c *cli.Context, err error, _ bool) error {
+	if c.Command != nil && c.Command.Name != "" {
+		return fmt.Errorf("%s: %w (see --help)", c.Command.Name, err)
+	}
+	return err
 }
 
 func setCommand() *cli.Command {
@@ -142,7 +156,12 @@ func runSet(c *cli.Context) error {
 	if err := lim.Validate(env); err != nil {
 		return err
 	}
-	// Everything is valid: only now does anything change.
+	// Everything is valid: only now does anything change. The docker-options
+	// lines go first: an operator line using the same flag is only found
+	// when writing them, and that write changes nothing when it fails.
+	if err := persistLimits(env, lim); err != nil {
+		return err
+	}
 	for _, typ := range []dokku.ResourceType{dokku.Network, dokku.NetworkEgress, dokku.NetworkIngress} {
 		if v, ok := net[typ]; ok {
 			if err := env.SetResource(app, proc, dokku.Limit, typ, v); err != nil {
@@ -150,9 +169,6 @@ func runSet(c *cli.Context) error {
 			}
 			fmt.Printf("-----> Set %s %s limit for %s to %s\n", procLabel(proc), typ, app, v)
 		}
-	}
-	if err := persistLimits(env, lim); err != nil {
-		return err
 	}
 	if c.Bool("no-apply") {
 		fmt.Println("-----> Not applied (--no-apply): takes effect at the next deploy or `dokku-netshape apply " + app + "`")

@@ -54,8 +54,15 @@ func (r Request) scope() string {
 	return r.Process
 }
 
-// Validate checks every value without changing anything.
+// Validate checks every value without changing anything. Memory and
+// memory-swap are checked as the pair the scope will have afterwards (new
+// values, else the stored or inherited ones), since Docker refuses a
+// container whose memory-swap is below its memory.
 func (r Request) Validate(env dokku.Env) error {
+	eff, err := env.ResourceLimits(r.App, r.scope())
+	if err != nil {
+		return fmt.Errorf("read stored limits of %s: %w", r.App, err)
+	}
 	var mem size.Size
 	if r.Memory != "" {
 		m, err := size.ParseDokkuMemory(r.Memory)
@@ -66,19 +73,20 @@ func (r Request) Validate(env dokku.Env) error {
 			return fmt.Errorf("--memory: %s is below Docker's minimum of 6m", r.Memory)
 		}
 		mem = m
+	} else if eff.Memory.IsSet() {
+		mem, _ = size.ParseDokkuMemory(eff.Memory.Value)
 	}
 	if r.MemorySwap != "" && r.MemorySwap != "-1" {
 		sw, err := size.Parse(r.MemorySwap)
 		if err != nil {
 			return fmt.Errorf("--memory-swap: %w", err)
 		}
-		if mem == 0 {
-			if cur, ok, _ := env.Properties(dokku.ResourcePlugin).Get(r.App, dokku.ResourceKey(r.scope(), dokku.Limit, dokku.Memory)); ok {
-				mem, _ = size.ParseDokkuMemory(cur)
-			}
-		}
 		if mem != 0 && sw < mem {
-			return fmt.Errorf("--memory-swap: %s is less than the memory limit; memory-swap is memory plus swap", r.MemorySwap)
+			return fmt.Errorf("--memory-swap: %s is less than the memory limit (%s); memory-swap is memory plus swap", r.MemorySwap, mem)
+		}
+	} else if r.MemorySwap == "" && r.Memory != "" && eff.MemorySwap.IsSet() && eff.MemorySwap.Value != "-1" {
+		if sw, err := size.Parse(eff.MemorySwap.Value); err == nil && sw < mem {
+			return fmt.Errorf("--memory: %s is more than the stored memory-swap limit %s (memory plus swap): give --memory-swap too", r.Memory, eff.MemorySwap.Value)
 		}
 	}
 	if r.CPUs != "" {
@@ -91,7 +99,7 @@ func (r Request) Validate(env dokku.Env) error {
 			return err
 		}
 	}
-	_, err := r.options()
+	_, err = r.options()
 	return err
 }
 
@@ -189,8 +197,38 @@ func optionKey(opt string) string {
 }
 
 // Persist stores a validated request. It returns one line per change.
+// The docker-options lines are written first: an operator line using one of
+// the same flags is only detected by that write, which then changes nothing,
+// so such a conflict leaves every limit as it was.
 func Persist(env dokku.Env, r Request) ([]string, error) {
 	var msgs []string
+	opts, err := r.options()
+	if err != nil {
+		return nil, err
+	}
+	if len(opts) > 0 {
+		do := env.DockerOptions()
+		cur, err := do.Owned(r.App, r.scope())
+		if err != nil {
+			return nil, err
+		}
+		replaced := map[string]bool{}
+		for _, o := range opts {
+			replaced[optionKey(o)] = true
+		}
+		merged := append([]string(nil), opts...)
+		for _, o := range cur.Owned {
+			if !replaced[optionKey(o)] {
+				merged = append(merged, o)
+			}
+		}
+		if err := do.SetOwned(r.App, r.scope(), merged); err != nil {
+			return nil, err
+		}
+		for _, o := range opts {
+			msgs = append(msgs, "docker option "+o)
+		}
+	}
 	for _, kv := range []struct {
 		typ dokku.ResourceType
 		val string
@@ -202,31 +240,6 @@ func Persist(env dokku.Env, r Request) ([]string, error) {
 			return msgs, fmt.Errorf("save %s limit of %s: %w", kv.typ, r.App, err)
 		}
 		msgs = append(msgs, fmt.Sprintf("%s limit %s", kv.typ, kv.val))
-	}
-	opts, err := r.options()
-	if err != nil || len(opts) == 0 {
-		return msgs, err
-	}
-	do := env.DockerOptions()
-	cur, err := do.Owned(r.App, r.scope())
-	if err != nil {
-		return msgs, err
-	}
-	replaced := map[string]bool{}
-	for _, o := range opts {
-		replaced[optionKey(o)] = true
-	}
-	merged := append([]string(nil), opts...)
-	for _, o := range cur.Owned {
-		if !replaced[optionKey(o)] {
-			merged = append(merged, o)
-		}
-	}
-	if err := do.SetOwned(r.App, r.scope(), merged); err != nil {
-		return msgs, err
-	}
-	for _, o := range opts {
-		msgs = append(msgs, "docker option "+o)
 	}
 	return msgs, nil
 }

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
+	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
+	"github.com/dokku-netshape/dokku-netshape/test/nettest"
+)
+
+const invalidName = "app name must begin with lowercase alphanumeric character, and may only contain lowercase alphanumerics, dots, and hyphens: "
+
+// badInputFixture is an app with a network limit, an operator-written
+// docker-options line using one of our flags, one line of ours, and a live
+// budget in the shaper: everything a wrong command could damage.
+func badInputFixture(t *testing.T) *cliEnv {
+	e := newCLIEnv(t)
+	e.AddApp("shop", "web", 1, "worker", 1)
+	e.AddContainer("shop", "web", 1, "")
+	e.SetResource("shop", "", dokku.Limit, dokku.NetworkEgress, "20mbit")
+	e.SetResource("shop", "", dokku.Limit, dokku.Memory, "256m")
+	e.SetResource("shop", "worker", dokku.Limit, dokku.Network, "5mbit")
+	e.SetDockerOptions("shop", "", "--device-write-bps=/dev/sdb:5mb", "--restart=on-failure:10")
+	if err := e.Env.DockerOptions().SetOwned("shop", "_default_", []string{"--blkio-weight=300"}); err != nil {
+		t.Fatal(err)
+	}
+	e.AddApp("other", "web", 1)
+	s := e.shaper(t)
+	defer s.Close()
+	for _, b := range []shaper.Budget{{Name: "shop/_default_/egress", Rate: 20e6}, {Name: "shop/worker/egress", Rate: 5e6}} {
+		if err := s.UpsertBudget(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return e
+}
+
+// TestRootBadInput runs each wrong invocation through run() and checks that
+// it fails with exactly one error line and changes nothing: not one path,
+// mode, owner or byte of the Dokku tree, not one budget or pin.
+func TestRootBadInput(t *testing.T) {
+	nettest.RequireRoot(t)
+	e := badInputFixture(t)
+	// Nothing here may reach Docker; if something did, the message would
+	// be about this socket instead of the expected one.
+	t.Setenv("DOCKER_HOST", "unix:///nonexistent/netshape-test/docker.sock")
+	base := filepath.Dir(filepath.Dir(e.DokkuRoot))
+	long := strings.Repeat("a", 300)
+	missing := filepath.Join(base, "no-such-dokku-root")
+
+	type tc struct {
+		name string
+		argv []string // after "dokku-netshape", unless argv0 is set
+		argv0 string
+		env  map[string]string
+		want string // the one stderr line, without Dokku's "!     " prefix
+	}
+	cases := []tc{
+		// App names.
+		{name: "dotdot", argv: []string{"set", "../x", "--egress", "1mbit"}, want: invalidName + `"../x"`},
+		{name: "slash", argv: []string{"set", "a/b", "--egress", "1mbit"}, want: invalidName + `"a/b"`},
+		{name: "empty", argv: []string{"set", "", "--egress", "1mbit"}, want: "please specify an app to run the command on"},
+		{name: "upper", argv: []string{"set", "Shop", "--egress", "1mbit"}, want: invalidName + `"Shop"`},
+		{name: "long", argv: []string{"set", long, "--egress", "1mbit"}, want: invalidName + `"` + long + `"`},
+		{name: "leading-dash", argv: []string{"set", "--egress", "1mbit", "--", "-shop"}, want: invalidName + `"-shop"`},
+		{name: "leading-dash-as-flag", argv: []string{"set", "-shop", "--egress", "1mbit"}, want: "set: flag provided but not defined: -shop (see --help)"},
+		{name: "unknown-app", argv: []string{"set", "nosuch", "--egress", "1mbit"}, want: `app does not exist: "nosuch"`},
+		{name: "clear-unknown-app", argv: []string{"clear", "nosuch", "--egress"}, want: `app does not exist: "nosuch"`},
+		{name: "apply-bad-name", argv: []string{"apply", "../x"}, want: invalidName + `"../x"`},
+		{name: "report-unknown-app", argv: []string{"report", "nosuch"}, want: `app does not exist: "nosuch"`},
+		{name: "remove-bad-name", argv: []string{"remove", "../x"}, want: invalidName + `"../x"`},
+		// Process types.
+		{name: "unknown-proc", argv: []string{"set", "shop", "--process-type", "nope", "--egress", "1mbit"}, want: `unknown process type "nope" for app shop (known: web, worker)`},
+		{name: "clear-unknown-proc", argv: []string{"clear", "shop", "--process-type", "nope", "--all"}, want: `unknown process type "nope" for app shop (known: web, worker)`},
+		// Rates.
+		{name: "rate-word", argv: []string{"set", "shop", "--egress", "abc"}, want: `--egress: invalid rate "abc": malformed number: must start with a digit`},
+		{name: "rate-zero", argv: []string{"set", "shop", "--egress", "0"}, want: `--egress: invalid rate "0": rate must be greater than zero`},
+		{name: "rate-negative", argv: []string{"set", "shop", "--ingress", "-5mbit"}, want: `--ingress: invalid rate "-5mbit": negative rate`},
+		{name: "rate-too-big", argv: []string{"set", "shop", "--network", "2tbit"}, want: "--network: 2tbit is above the largest enforceable rate, 1tbit"},
+		{name: "rate-empty", argv: []string{"set", "shop", "--network", ""}, want: `--network: invalid rate "": empty rate`},
+		{name: "rate-missing", argv: []string{"set", "shop", "--egress"}, want: "set: flag needs an argument: --egress"},
+		{name: "rate-bad-with-good-memory", argv: []string{"set", "shop", "--memory", "64m", "--egress", "20xbit"}, want: `--egress: invalid rate "20xbit": unknown unit: "xbit" (want bit, kbit, mbit, gbit, tbit, bps, kbps, mbps, gbps, tbps or an IEC kibit…tibps)`},
+		// Sizes, CPUs, blkio, devices.
+		{name: "memory-below-min", argv: []string{"set", "shop", "--memory", "5m"}, want: "--memory: 5m is below Docker's minimum of 6m"},
+		{name: "memory-word", argv: []string{"set", "shop", "--memory", "lots"}, want: `--memory: dokku passes memory "lots" to docker as "lotsm": invalid size "lotsm": malformed number: must start with a digit`},
+		{name: "swap-below-memory", argv: []string{"set", "shop", "--memory", "64m", "--memory-swap", "32m"}, want: "--memory-swap: 32m is less than the memory limit (64m); memory-swap is memory plus swap"},
+		{name: "swap-below-stored-memory", argv: []string{"set", "shop", "--memory-swap", "128m"}, want: "--memory-swap: 128m is less than the memory limit (256m); memory-swap is memory plus swap"},
+		{name: "cpus-zero", argv: []string{"set", "shop", "--cpus", "0"}, want: "--cpus: 0 is outside 0.01..2 (this host's CPUs)"},
+		{name: "cpus-too-fine", argv: []string{"set", "shop", "--cpus", "0.001"}, want: "--cpus: 0.001 has more than two decimals"},
+		{name: "cpus-too-many", argv: []string{"set", "shop", "--cpus", "99"}, want: "--cpus: 99 is outside 0.01..2 (this host's CPUs)"},
+		{name: "cpus-exponent", argv: []string{"set", "shop", "--cpus", "1e3"}, want: `--cpus: "1e3" is not a decimal number of CPUs`},
+		{name: "cpus-nan", argv: []string{"set", "shop", "--cpus", "NaN"}, want: `--cpus: "NaN" is not a decimal number of CPUs`},
+		{name: "cpus-empty", argv: []string{"set", "shop", "--cpus", ""}, want: "--cpus: empty value"},
+		{name: "blkio-low", argv: []string{"set", "shop", "--blkio-weight", "9"}, want: `--blkio-weight: "9" is not a whole number in 10..1000`},
+		{name: "blkio-high", argv: []string{"set", "shop", "--blkio-weight", "1001"}, want: `--blkio-weight: "1001" is not a whole number in 10..1000`},
+		{name: "blkio-word", argv: []string{"set", "shop", "--blkio-weight", "abc"}, want: `--blkio-weight: "abc" is not a whole number in 10..1000`},
+		{name: "device-no-dev", argv: []string{"set", "shop", "--device-read-bps", "sda:10mb"}, want: `--device-read-bps: "sda:10mb" is not DEVICE:VALUE with DEVICE a path under /dev/`},
+		{name: "device-no-value", argv: []string{"set", "shop", "--device-write-bps", "/dev/sda"}, want: `--device-write-bps: "/dev/sda" is not DEVICE:VALUE with DEVICE a path under /dev/`},
+		{name: "device-zero", argv: []string{"set", "shop", "--device-read-bps", "/dev/sda:0"}, want: `--device-read-bps: "0": not a positive byte rate such as 10mb`},
+		{name: "device-iops-fraction", argv: []string{"set", "shop", "--device-read-iops", "/dev/sda:1.5"}, want: `--device-read-iops: "1.5": IOPS must be a positive whole number`},
+		{name: "device-iops-negative", argv: []string{"set", "shop", "--device-write-iops", "/dev/sda:-3"}, want: `--device-write-iops: "-3": IOPS must be a positive whole number`},
+		{name: "device-twice", argv: []string{"set", "shop", "--device-read-bps", "/dev/sda:1mb", "--device-read-bps", "/dev/sda:2mb"}, want: "--device-read-bps: /dev/sda given twice"},
+		{name: "device-quote", argv: []string{"set", "shop", "--device-read-bps", "/dev/s'da:1mb"}, want: `--device-read-bps: "/dev/s'da:1mb" is not DEVICE:VALUE with DEVICE a path under /dev/`},
+		// An operator line already uses --device-write-bps: the egress given
+		// alongside must not be saved either.
+		{name: "operator-conflict", argv: []string{"set", "shop", "--egress", "5mbit", "--device-write-bps", "/dev/sda:1mb"},
+			want: "docker-options of shop (_default_, deploy): an operator-written docker option already sets this flag: --device-write-bps=/dev/sdb:5mb — remove them with `dokku docker-options:remove` first"},
+		// Conflicting or missing flags, extra arguments.
+		{name: "clear-all-egress", argv: []string{"clear", "shop", "--all", "--egress"}, want: "--all already clears --egress and --ingress: give one or the other"},
+		{name: "clear-nothing", argv: []string{"clear", "shop"}, want: "nothing to clear: give --egress, --ingress or --all"},
+		{name: "apply-app-and-all", argv: []string{"apply", "shop", "--all"}, want: "give APP or --all, not both"},
+		{name: "apply-nothing", argv: []string{"apply"}, want: "expected APP or --all"},
+		{name: "report-format-and-field", argv: []string{"report", "shop", "--format", "json", "--netshape-egress"}, want: "--format cannot be combined with --netshape-FIELD"},
+		{name: "report-two-fields", argv: []string{"report", "shop", "--netshape-egress", "--netshape-ingress"}, want: "only one --netshape-FIELD at a time"},
+		{name: "report-bad-format", argv: []string{"report", "shop", "--format", "xml"}, want: `--format: "xml" is not stdout or json`},
+		{name: "report-format-no-value", argv: []string{"report", "shop", "--format"}, want: "--format needs a value: stdout or json"},
+		{name: "report-unknown-field", argv: []string{"report", "shop", "--netshape-bogus"}, want: "--netshape-bogus: unknown field; fields: --netshape-" + strings.Join(reportFields, ", --netshape-")},
+		{name: "report-two-apps", argv: []string{"report", "shop", "other"}, want: `expected at most one APP, got "shop" and "other"`},
+		{name: "set-nothing", argv: []string{"set", "shop"}, want: "nothing to set: give at least one of --egress, --ingress, --network, --memory, --memory-swap, --cpus, --blkio-weight, --device-*"},
+		{name: "set-no-app", argv: []string{"set", "--egress", "1mbit"}, want: "expected exactly one APP, got 0 arguments"},
+		{name: "set-extra-arg", argv: []string{"set", "shop", "extra", "--egress", "1mbit"}, want: "expected exactly one APP, got 2 arguments"},
+		{name: "clear-extra-arg", argv: []string{"clear", "shop", "extra", "--egress"}, want: "expected exactly one APP, got 2 arguments"},
+		{name: "apply-extra-arg", argv: []string{"apply", "shop", "other"}, want: "expected APP or --all"},
+		{name: "remove-extra-arg", argv: []string{"remove", "shop", "other"}, want: "expected exactly one APP"},
+		{name: "unknown-flag", argv: []string{"clear", "shop", "--egres"}, want: "clear: flag provided but not defined: -egres (see --help)"},
+		{name: "unknown-command", argv: []string{"sett", "shop"}, want: "unknown command \"sett\": run `dokku-netshape help` for the list"},
+		// The Dokku tree is missing.
+		{name: "set-no-dokku-root", argv: []string{"set", "shop", "--egress", "1mbit"}, env: map[string]string{"DOKKU_ROOT": missing},
+			want: "Dokku tree " + missing + " does not exist (set DOKKU_ROOT / DOKKU_LIB_ROOT)"},
+		{name: "clear-no-dokku-root", argv: []string{"clear", "shop", "--all"}, env: map[string]string{"DOKKU_ROOT": missing},
+			want: "Dokku tree " + missing + " does not exist (set DOKKU_ROOT / DOKKU_LIB_ROOT)"},
+		{name: "apply-no-dokku-root", argv: []string{"apply", "--all"}, env: map[string]string{"DOKKU_ROOT": missing},
+			want: "Dokku tree " + missing + " does not exist (set DOKKU_ROOT / DOKKU_LIB_ROOT)"},
+		{name: "report-no-lib-root", argv: []string{"report"}, env: map[string]string{"DOKKU_LIB_ROOT": missing},
+			want: "Dokku tree " + missing + " does not exist (set DOKKU_ROOT / DOKKU_LIB_ROOT)"},
+		// Through Dokku's entry points.
+		{name: "subcommand-bad-name", argv0: "/var/lib/dokku/plugins/enabled/netshape/subcommands/set",
+			argv: []string{"netshape:set", "../x", "--egress", "1mbit"}, want: invalidName + `"../x"`},
+		{name: "commands-nothing", argv0: "/var/lib/dokku/plugins/enabled/netshape/commands",
+			argv: []string{"netshape:set", "shop"}, want: "nothing to set: give at least one of --egress, --ingress, --network, --memory, --memory-swap, --cpus, --blkio-weight, --device-*"},
+		{name: "trigger-no-args", argv0: "/var/lib/dokku/plugins/enabled/netshape/post-deploy", want: "trigger post-deploy: expected 1 arguments, got 0"},
+		{name: "trigger-deploy-bad-name", argv0: "/var/lib/dokku/plugins/enabled/netshape/post-deploy",
+			argv: []string{"../x", "", "", "latest"}, want: invalidName + `"../x"`},
+		{name: "trigger-rename-bad-new", argv0: "/var/lib/dokku/plugins/enabled/netshape/post-app-rename-setup",
+			argv: []string{"shop", "../x"}, want: invalidName + `"../x"`},
+		{name: "trigger-clone-bad-old", argv0: "/var/lib/dokku/plugins/enabled/netshape/post-app-clone-setup",
+			argv: []string{"../x", "new"}, want: invalidName + `"../x"`},
+		{name: "trigger-delete-bad-name", argv0: "/var/lib/dokku/plugins/enabled/netshape/post-delete",
+			argv: []string{"a/b", "latest"}, want: invalidName + `"a/b"`},
+	}
+	if len(cases) < 40 {
+		t.Fatalf("only %d cases", len(cases))
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			for k, v := range c.env {
+				t.Setenv(k, v)
+			}
+			tree, budgets := treeSnapshot(t, base), e.shaperState(t)
+			argv0 := c.argv0
+			if argv0 == "" {
+				argv0 = "dokku-netshape"
+			}
+			o := capture(t, append([]string{argv0}, c.argv...)...)
+			if o.code == 0 {
+				t.Errorf("exit 0, want non-zero\n%s", o)
+			}
+			if want := "!     " + c.want + "\n"; o.stderr != want || o.stdout != "" {
+				t.Errorf("output\n%s\nwant stderr exactly\n%s", o, want)
+			}
+			if d := diffSnapshots(tree, treeSnapshot(t, base)); len(d) > 0 {
+				t.Errorf("Dokku tree changed:\n%s", strings.Join(d, "\n"))
+			}
+			if after := e.shaperState(t); after != budgets {
+				t.Errorf("shaper state changed:\n%s\n---\n%s", budgets, after)
+			}
+		})
+	}
+	// The fixture still holds what it started with (the snapshots compare
+	// each case with the one before; this pins the start).
+	if v, _, _ := prop(t, e, "resource", "shop", "_default_.limit.network-egress"); v != "20mbit" {
+		t.Fatalf("egress limit now %q", v)
+	}
+	if _, err := os.Stat(missing); err == nil {
+		t.Fatalf("%s was created", missing)
+	}
+}
