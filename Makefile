@@ -3,7 +3,7 @@ GO        ?= go
 BIN       ?= bin/dokku-netshape
 TEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: all build generate test test-host bench demo lint clean
+.PHONY: all build generate test test-deps test-host bench demo lint clean
 
 all: build
 
@@ -18,14 +18,23 @@ generate:
 # Host tests (root, this kernel: BPF test runs, attach paths, dockerd), then
 # the same packages' fq tests and the rate measurements inside Debian 6.1 and
 # 6.12 guests.
-test: test-host vm-test
+test: test-deps test-host vm-test
+
+# Idempotent and quick when done: dockerd for the Docker tests, qemu + kernels for the VM tests.
+test-deps:
+	.ci/plugin-deps.sh
+	.ci/vm-deps.sh
+	.ci/docker-up.sh
 
 test-host:
 	$(GO) vet ./...
 	$(GO) test $(TEST_FLAGS) ./...
 
+# Benchmarks with targets (test/bench); results in BENCH.md. Needs root (BPF).
 bench:
-	$(GO) run ./test/bench -out BENCH.md
+	$(GO) test -run '^$$' -bench . -benchmem ./pkg/... > bench.out || (cat bench.out; exit 1)
+	$(GO) run ./test/bench -out BENCH.md < bench.out
+	@rm -f bench.out
 
 lint:
 	gofmt -l . | grep -v '_bpfel.go' | (! grep .)

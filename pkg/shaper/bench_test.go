@@ -1,0 +1,55 @@
+package shaper
+
+import (
+	"testing"
+	"time"
+)
+
+// BenchmarkEDTPacket is the datapath's cost per packet, measured by the kernel
+// (BPF_PROG_TEST_RUN repeat): budget lookup, flow lookup/update, the spin-locked
+// clock update and the counters. Reported as ns/op per packet.
+func BenchmarkEDTPacket(b *testing.B) {
+	for _, tc := range []struct {
+		name    string
+		wireLen uint32
+	}{{"bulk-9000B", 9000}, {"sparse-100B", 100}} {
+		b.Run(tc.name, func(b *testing.B) {
+			s := openBenchShaper(b)
+			if err := s.UpsertBudget(Budget{Name: "bench", Rate: 10_000_000_000, Horizon: time.Hour}); err != nil {
+				b.Fatal(err)
+			}
+			id, _, _ := s.lookupID("bench")
+			prog, err := s.program(id, "bench")
+			if err != nil {
+				b.Fatal(err)
+			}
+			frame := packet(0x0800, 0, 1)
+			b.ResetTimer()
+			_, per, err := prog.Benchmark(frame, b.N, func() {})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(per.Nanoseconds()), "kernel-ns/packet")
+		})
+	}
+}
+
+// BenchmarkRateChange is the control-plane cost of a live rate change.
+func BenchmarkRateChange(b *testing.B) {
+	s := openBenchShaper(b)
+	for i := 0; i < b.N; i++ {
+		if err := s.UpsertBudget(Budget{Name: "bench", Rate: uint64(20_000_000 + i%2*30_000_000)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func openBenchShaper(b *testing.B) *Shaper {
+	b.Helper()
+	s, err := Open(Options{PinDir: "/sys/fs/bpf/netshape-bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Destroy() })
+	return s
+}
