@@ -1,24 +1,38 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"syscall"
 
+	"github.com/dokku-netshape/dokku-netshape/pkg/reconcile"
 	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
 )
 
-// Where install writes outside Dokku's config. Overridable for tests.
-var (
-	sudoersPath = envOr("NETSHAPE_SUDOERS", "/etc/sudoers.d/dokku-netshape")
-	unitPath    = envOr("NETSHAPE_UNIT", "/etc/systemd/system/dokku-netshape-watch.service")
+// Where install writes outside Dokku's config, and the systemctl it drives.
+// Read at call time so tests can point them elsewhere with t.Setenv.
+const (
+	envSudoers   = "NETSHAPE_SUDOERS"   // default /etc/sudoers.d/dokku-netshape
+	envUnit      = "NETSHAPE_UNIT"      // default /etc/systemd/system/dokku-netshape-watch.service
+	envSystemctl = "NETSHAPE_SYSTEMCTL" // set: use this systemctl even if systemd is not PID 1 (tests)
+
+	defaultSudoers = "/etc/sudoers.d/dokku-netshape"
+	defaultUnit    = "/etc/systemd/system/dokku-netshape-watch.service"
 )
 
-const unitName = "dokku-netshape-watch.service"
+func sudoersPath() string { return envOr(envSudoers, defaultSudoers) }
+func unitPath() string    { return envOr(envUnit, defaultUnit) }
+
+// unitName is what systemctl calls the unit: its file name.
+func unitName() string { return filepath.Base(unitPath()) }
 
 func envOr(key, def string) string {
 	if v := os.Getenv(key); v != "" {
@@ -27,31 +41,84 @@ func envOr(key, def string) string {
 	return def
 }
 
-// rootSubcommands are the only things the dokku user may run as root.
-var rootSubcommands = []string{"apply", "remove", "report"}
-
-func sudoersContent(self, user string) string {
-	var b strings.Builder
-	b.WriteString("# Written by the netshape Dokku plugin's install trigger; removed by its uninstall.\n")
-	b.WriteString("# Dokku runs plugins as " + user + "; attaching BPF programs needs root, so exactly\n")
-	b.WriteString("# these subcommands of the plugin binary may run as root, with Dokku's paths kept.\n")
-	fmt.Fprintf(&b, "Defaults:%s env_keep += \"DOKKU_ROOT DOKKU_LIB_ROOT DOKKU_LIB_PATH DOKKU_SYSTEM_USER DOKKU_SYSTEM_GROUP\"\n", user)
-	var cmds []string
-	for _, c := range rootSubcommands {
-		cmds = append(cmds, self+" "+c+" *")
+// systemctl returns the systemctl to drive, or "" when systemd is not the
+// init system: a systemctl binary alone (containers, chroots) would fail.
+func systemctl() string {
+	if p := os.Getenv(envSystemctl); p != "" {
+		return p
 	}
-	fmt.Fprintf(&b, "%s ALL=(root) NOPASSWD: %s\n", user, strings.Join(cmds, ", "))
-	return b.String()
+	if _, err := os.Stat("/run/systemd/system"); err != nil { // sd_booted()
+		return ""
+	}
+	p, err := exec.LookPath("systemctl")
+	if err != nil {
+		return ""
+	}
+	return p
 }
 
+// rootCommands are the only argument patterns the dokku user may run the
+// binary with as root (what asRoot re-runs through sudo). "report" appears
+// bare too: sudoers' "report *" needs at least the space, and
+// `netshape:report` without an app runs plain "report".
+var rootCommands = []string{"apply *", "remove *", "report", "report *"}
+
+// keptEnv is what sudo passes through: Dokku's paths, so the root process
+// reads the same tree the dokku-user process validated.
+var keptEnv = []string{"DOKKU_ROOT", "DOKKU_LIB_ROOT", "DOKKU_LIB_PATH", "DOKKU_SYSTEM_USER", "DOKKU_SYSTEM_GROUP"}
+
+// sudoersAlias names our commands; aliases are global across sudoers files.
+const sudoersAlias = "DOKKU_NETSHAPE"
+
+// Sudoers gives words special meaning with , : = ! ( ) \ # and whitespace;
+// rather than escape them, accept only paths and names that need none.
+var (
+	safePath = regexp.MustCompile(`^/[A-Za-z0-9/._+-]+$`)
+	safeUser = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+)
+
+func sudoersContent(self, user string) (string, error) {
+	if !safePath.MatchString(self) {
+		return "", fmt.Errorf("binary path %q has characters sudoers would need escaped; install the plugin under a plain path", self)
+	}
+	if !safeUser.MatchString(user) {
+		return "", fmt.Errorf("DOKKU_SYSTEM_USER %q is not a plain user name", user)
+	}
+	cmds := make([]string, len(rootCommands))
+	for i, c := range rootCommands {
+		cmds[i] = self + " " + c
+	}
+	var b strings.Builder
+	b.WriteString("# Written by the netshape Dokku plugin's install trigger; removed by its uninstall trigger.\n")
+	b.WriteString("# Dokku runs plugins as " + user + "; attaching BPF programs needs root, so exactly these\n")
+	b.WriteString("# subcommands of the plugin binary may run as root, with Dokku's paths kept.\n")
+	fmt.Fprintf(&b, "Cmnd_Alias %s = %s\n", sudoersAlias, strings.Join(cmds, ", "))
+	// Command-scoped: the dokku user's other sudo rules keep their environment policy.
+	fmt.Fprintf(&b, "Defaults!%s env_keep += \"%s\"\n", sudoersAlias, strings.Join(keptEnv, " "))
+	fmt.Fprintf(&b, "%s ALL=(root) NOPASSWD: %s\n", user, sudoersAlias)
+	return b.String(), nil
+}
+
+// unitEnv are the install-time variables the watcher needs to find the same
+// Dokku tree (Dokku exports them to the install trigger).
+var unitEnv = []string{"DOKKU_ROOT", "DOKKU_LIB_ROOT", "DOKKU_SYSTEM_USER", "DOKKU_SYSTEM_GROUP"}
+
 func unitContent(self string) string {
+	var env strings.Builder
+	for _, k := range unitEnv {
+		if v := os.Getenv(k); v != "" {
+			fmt.Fprintf(&env, "Environment=%s\n", systemdQuote(k+"="+v))
+		}
+	}
+	// Wants, not Requires: a Docker restart must not stop the watcher; it
+	// reconnects and resyncs by itself.
 	return `[Unit]
-Description=dokku-netshape: re-apply Dokku app limits when Docker restarts containers
+Description=dokku-netshape: re-apply Dokku app limits when Docker (re)creates containers
 After=docker.service
-Requires=docker.service
+Wants=docker.service
 
 [Service]
-ExecStart=` + self + ` watch
+` + env.String() + `ExecStart=` + self + ` watch
 Restart=always
 RestartSec=2
 
@@ -60,18 +127,30 @@ WantedBy=multi-user.target
 `
 }
 
-// install runs as root from Dokku's install trigger: bpffs + pin directory,
-// the sudoers grant, and the watcher's systemd unit (when systemd is there).
+// systemdQuote makes one Environment= assignment: double-quoted, with \ and
+// " escaped and % doubled (systemd expands specifiers).
+func systemdQuote(s string) string {
+	s = strings.ReplaceAll(s, `\`, `\\`)
+	s = strings.ReplaceAll(s, `"`, `\"`)
+	s = strings.ReplaceAll(s, "%", "%%")
+	return `"` + s + `"`
+}
+
+// install runs as root from Dokku's install (and update) trigger: bpffs and
+// the pin directory, the sudoers grant, and the watcher's systemd unit when
+// systemd runs. Idempotent: Dokku re-runs every plugin's install trigger on
+// each plugin:install.
 func install(ctx context.Context) error {
 	if os.Geteuid() != 0 {
 		return errors.New("install must run as root (Dokku runs the install trigger as root)")
 	}
-	self, err := os.Executable()
+	self, err := selfPath()
 	if err != nil {
 		return err
 	}
-	if self, err = filepath.EvalSymlinks(self); err != nil {
-		return err
+	// The sudoers grant makes this file root's: whoever can replace it is root.
+	if err := checkRootOnly(self); err != nil {
+		return fmt.Errorf("refusing to grant sudo on %s: %w", self, err)
 	}
 	s, err := shaper.Open(shaper.Options{PinDir: os.Getenv(envPinDir)})
 	if err != nil {
@@ -80,85 +159,210 @@ func install(ctx context.Context) error {
 	s.Close()
 
 	user := envOr("DOKKU_SYSTEM_USER", "dokku")
-	if err := writeChecked(sudoersPath, sudoersContent(self, user), 0o440); err != nil {
+	content, err := sudoersContent(self, user)
+	if err != nil {
 		return err
 	}
-	fmt.Println("-----> netshape: granted", user, "root for", strings.Join(rootSubcommands, ", "), "in", sudoersPath)
+	checked, err := writeSudoers(sudoersPath(), content)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("-----> netshape: %s may run %s as root (%s)\n", user, "apply, remove, report", sudoersPath())
+	if !checked {
+		fmt.Println(" !     netshape: visudo not found: sudo is not installed, so triggers run by Dokku as " + user + " cannot apply limits (apt-get install sudo)")
+	}
 
-	if _, err := exec.LookPath("systemctl"); err != nil {
-		fmt.Println("       netshape: no systemd; run `dokku-netshape watch` under your init system to cover container restarts")
+	sc := systemctl()
+	if sc == "" {
+		fmt.Println("       netshape: systemd is not running; run `" + self + " watch` as root under your init system to cover containers Docker restarts")
 		return nil
 	}
-	if err := os.WriteFile(unitPath, []byte(unitContent(self)), 0o644); err != nil {
-		return fmt.Errorf("write %s: %w", unitPath, err)
+	if err := writeAtomic(unitPath(), []byte(unitContent(self)), 0o644); err != nil {
+		return err
 	}
-	for _, args := range [][]string{{"daemon-reload"}, {"enable", "--now", unitName}, {"restart", unitName}} {
-		if out, err := exec.CommandContext(ctx, "systemctl", args...).CombinedOutput(); err != nil {
-			return fmt.Errorf("systemctl %s: %v: %s", strings.Join(args, " "), err, out)
+	for _, args := range [][]string{{"daemon-reload"}, {"enable", unitName()}, {"restart", unitName()}} {
+		if out, err := exec.CommandContext(ctx, sc, args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("systemctl %s: %v: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
 		}
 	}
-	fmt.Println("-----> netshape: watcher running as", unitName)
+	fmt.Println("-----> netshape: watcher running as", unitName())
 	return nil
 }
 
-// writeChecked writes a sudoers file only if visudo accepts it: a broken
-// file in /etc/sudoers.d can lock everyone out of sudo.
-func writeChecked(path, content string, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(content), mode); err != nil {
-		return fmt.Errorf("write %s: %w", tmp, err)
+// selfPath is this binary's real path, the one asRoot hands to sudo.
+func selfPath() (string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find own executable: %w", err)
 	}
-	if visudo, err := exec.LookPath("visudo"); err == nil {
-		if out, err := exec.Command(visudo, "-cf", tmp).CombinedOutput(); err != nil {
-			os.Remove(tmp)
-			return fmt.Errorf("visudo rejected the generated sudoers file: %v: %s", err, out)
+	if self, err = filepath.EvalSymlinks(self); err != nil {
+		return "", fmt.Errorf("resolve own executable: %w", err)
+	}
+	return self, nil
+}
+
+// checkRootOnly fails unless path and every directory above it are owned by
+// root and writable by nobody else. A world-writable sticky directory (/tmp)
+// is fine above a root-owned entry: others cannot rename or replace it.
+func checkRootOnly(path string) error {
+	for p, child := path, true; ; p, child = filepath.Dir(p), false {
+		st, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		sys, ok := st.Sys().(*syscall.Stat_t)
+		if !ok {
+			return fmt.Errorf("%s: no owner information", p)
+		}
+		if sys.Uid != 0 {
+			return fmt.Errorf("%s is owned by uid %d, not root", p, sys.Uid)
+		}
+		sticky := st.Mode()&fs.ModeSticky != 0 && st.IsDir() && !child
+		if st.Mode().Perm()&0o022 != 0 && !sticky {
+			return fmt.Errorf("%s is writable by group or others (mode %v)", p, st.Mode().Perm())
+		}
+		if p == "/" {
+			return nil
 		}
 	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return err
+}
+
+// writeSudoers installs a sudoers file only if visudo accepts it (a broken
+// file in /etc/sudoers.d locks everyone out of sudo). checked is false when
+// there is no visudo, i.e. no sudo.
+func writeSudoers(path, content string) (checked bool, err error) {
+	// sudo's @includedir silently skips names with a dot or a trailing ~.
+	if base := filepath.Base(path); strings.Contains(base, ".") || strings.HasSuffix(base, "~") {
+		return false, fmt.Errorf("sudoers file %s: sudo ignores names containing '.' or ending in '~'", path)
 	}
-	return os.Rename(tmp, path)
+	visudo, lookErr := exec.LookPath("visudo")
+	check := func(tmp string) error {
+		if lookErr != nil {
+			return nil
+		}
+		if out, err := exec.Command(visudo, "-cf", tmp).CombinedOutput(); err != nil {
+			return fmt.Errorf("visudo rejected the generated sudoers file: %v: %s", err, bytes.TrimSpace(out))
+		}
+		return nil
+	}
+	if err := writeAtomicChecked(path, []byte(content), 0o440, check); err != nil {
+		return false, err
+	}
+	return lookErr == nil, nil
+}
+
+func writeAtomic(path string, content []byte, mode os.FileMode) error {
+	return writeAtomicChecked(path, content, mode, nil)
+}
+
+// writeAtomicChecked writes content to a fresh root-owned temporary file
+// next to path (the dot keeps sudo from reading it), lets check veto it,
+// and renames it over path: readers see the old file or the new one.
+func writeAtomicChecked(path string, content []byte, mode os.FileMode, check func(tmp string) error) error {
+	tmp := path + ".netshape-tmp"
+	// A leftover could have another owner or mode: never write into it.
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove stale %s: %w", tmp, err)
+	}
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", tmp, err)
+	}
+	_, err = f.Write(content)
+	if err == nil {
+		err = f.Chmod(mode) // the umask may have narrowed it
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && check != nil {
+		err = check(tmp)
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }
 
 // uninstall removes everything the plugin attached, pinned or wrote outside
-// Dokku's config: every budget (detaching its devices), the pins, the
-// sudoers grant and the watcher unit. Dokku's properties stay (they are
-// Dokku's resource settings, not ours).
+// Dokku's config: the watcher (first, so it cannot re-attach), every budget
+// (detaching its devices), leftover attachments, the pins, the lock file,
+// the sudoers grant and the unit. Dokku's properties stay: they are Dokku's
+// resource settings, not ours.
 func uninstall(ctx context.Context) error {
 	if os.Geteuid() != 0 {
 		return errors.New("uninstall must run as root")
 	}
-	if _, err := exec.LookPath("systemctl"); err == nil {
-		exec.CommandContext(ctx, "systemctl", "disable", "--now", unitName).Run()
-	}
 	var errs []error
-	for _, p := range []string{unitPath, sudoersPath} {
-		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+	unit := unitPath()
+	if sc := systemctl(); sc != "" {
+		if _, err := os.Stat(unit); err == nil {
+			// disable --now also stops it; a unit that is not loaded is not an error worth failing on.
+			if out, err := exec.CommandContext(ctx, sc, "disable", "--now", unitName()).CombinedOutput(); err != nil {
+				fmt.Printf(" !     netshape: systemctl disable --now %s: %v: %s\n", unitName(), err, bytes.TrimSpace(out))
+			}
+		}
+	}
+	for _, p := range []string{unit, unit + ".netshape-tmp", sudoersPath(), sudoersPath() + ".netshape-tmp", envOr(envLock, reconcile.DefaultLockPath)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}
 	}
+	if sc := systemctl(); sc != "" {
+		if out, err := exec.CommandContext(ctx, sc, "daemon-reload").CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("systemctl daemon-reload: %v: %s", err, bytes.TrimSpace(out)))
+		}
+	}
+	if err := removeAllShaping(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		fmt.Println("-----> netshape: removed every limit, pin, sudoers grant and unit it installed")
+	}
+	return errors.Join(errs...)
+}
+
+// removeAllShaping detaches and deletes every budget, then the pins.
+func removeAllShaping() error {
 	s, err := shaper.Open(shaper.Options{PinDir: os.Getenv(envPinDir)})
 	if err != nil {
-		return errors.Join(append(errs, err)...)
+		return fmt.Errorf("open pinned state: %w", err)
 	}
 	budgets, err := s.Budgets()
 	if err != nil {
 		s.Close()
-		return errors.Join(append(errs, err)...)
+		return fmt.Errorf("list budgets: %w", err)
 	}
+	var errs []error
 	for _, b := range budgets {
 		if err := s.RemoveBudget(b.Name); err != nil {
-			errs = append(errs, err)
+			errs = append(errs, fmt.Errorf("remove budget %s: %w", b.Name, err))
+		}
+	}
+	// Whatever is still recorded belongs to no budget (an interrupted
+	// reconcile): detach it too, or it would outlive the plugin.
+	atts, err := s.Attachments()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list attachments: %w", err))
+	}
+	for _, a := range atts {
+		if err := s.Detach(a.Device); err != nil {
+			errs = append(errs, fmt.Errorf("detach %s: %w", a.Device, err))
 		}
 	}
 	if _, err := s.Prune(); err != nil {
-		errs = append(errs, err)
+		errs = append(errs, fmt.Errorf("prune attachments: %w", err))
 	}
-	if len(errs) == 0 {
-		errs = append(errs, s.Destroy())
-	} else {
-		s.Close()
+	if len(errs) > 0 {
+		s.Close() // keep the pins: they are how a retry finds what is left
+		return errors.Join(errs...)
 	}
-	fmt.Println("-----> netshape: removed every limit, pin, sudoers grant and unit it installed")
-	return errors.Join(errs...)
+	return s.Destroy()
 }
