@@ -52,11 +52,11 @@ func TestRootBadInput(t *testing.T) {
 	missing := filepath.Join(base, "no-such-dokku-root")
 
 	type tc struct {
-		name string
-		argv []string // after "dokku-netshape", unless argv0 is set
+		name  string
+		argv  []string // after "dokku-netshape", unless argv0 is set
 		argv0 string
-		env  map[string]string
-		want string // the one stderr line, without Dokku's "!     " prefix
+		env   map[string]string
+		want  string // the one stderr line, without Dokku's "!     " prefix
 	}
 	cases := []tc{
 		// App names.

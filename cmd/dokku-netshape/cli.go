@@ -77,7 +77,7 @@ func setCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "device-write-bps", Usage: "DEV:RATE (next deploy)"},
 			&cli.StringSliceFlag{Name: "device-read-iops", Usage: "DEV:N (next deploy)"},
 			&cli.StringSliceFlag{Name: "device-write-iops", Usage: "DEV:N (next deploy)"},
-			&cli.BoolFlag{Name: "no-apply", Usage: "only persist; apply at the next deploy or `apply`"},
+			&cli.BoolFlag{Name: "no-apply", Usage: "only persist; apply at the next deploy or with the apply command"},
 			&cli.BoolFlag{Name: "force", Usage: "replace a foreign root qdisc on the app's veths"},
 		},
 		Action: runSet,

@@ -76,9 +76,9 @@ type cliEnv struct {
 // newCLIEnv points the CLI at a fresh fixture, its own pin dir under
 // /sys/fs/bpf/netshape-test-* and its own lock. Docker is reached through
 // DOCKER_HOST as set by the caller (or the default socket).
-func newCLIEnv(t *testing.T) *cliEnv {
+func newCLIEnv(t *testing.T, opts ...dokkutest.Option) *cliEnv {
 	t.Helper()
-	f := dokkutest.NewFixture(t)
+	f := dokkutest.NewFixture(t, opts...)
 	e := &cliEnv{Fixture: f, PinDir: "/sys/fs/bpf/netshape-test-" + nettest.Suffix()}
 	t.Setenv(envPinDir, e.PinDir)
 	t.Setenv(envLock, filepath.Join(t.TempDir(), "netshape.lock"))

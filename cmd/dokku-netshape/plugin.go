@@ -12,26 +12,55 @@ import (
 // pluginName is what `dokku plugin:install` names us (dokku-netshape → netshape).
 const pluginName = "netshape"
 
-// pluginCommands are the Dokku subcommands, in help order, with their
-// "args, description" help lines (Dokku's help columns are comma separated).
+// pluginCommands are the Dokku subcommands, in help order. Dokku splits help
+// lines into columns at commas, so descriptions must not contain any.
 var pluginCommands = []struct{ name, args, desc string }{
-	{"set", "<app> [--process-type P] [--egress R] [--ingress R] [--network R] [--memory S] [--memory-swap S] [--cpus N] [--blkio-weight N] [--device-(read|write)-(bps|iops) DEV:V] [--no-apply] [--force]", "Set limits of an app and apply them to its running containers"},
+	// set's full flag list would make every help line 200 columns wide.
+	{"set", "<app> [--process-type P] [LIMIT-FLAGS] [--no-apply] [--force]", "Set limits of an app and apply them to its running containers (flags: netshape:set --help)"},
 	{"clear", "<app> [--process-type P] (--egress|--ingress|--all) [--no-apply]", "Clear limits of an app"},
 	{"apply", "(<app>|--all) [--force]", "Make running containers enforce the configured limits"},
-	{"report", "[<app>] [--format stdout|json] [--netshape-FIELD]", "Show limits, shaped interfaces and counters"},
+	{"report", "[<app>] [--format stdout|json] [--netshape-FIELD]", "Show limits with shaped interfaces and counters"},
 	{"help", "", "Show this help"},
 }
 
+// pluginSummary is the `dokku help` line's description (no commas either).
+const pluginSummary = "Enforce network bandwidth and memory/CPU/blkio limits on app containers"
+
+func helpCommandColumn(name, args string) string {
+	if args == "" {
+		return pluginName + ":" + name
+	}
+	return pluginName + ":" + name + " " + args
+}
+
+// pluginHelp is `dokku netshape:help`: Dokku's Go plugins print their
+// "command, description" lines through columnize (delimiter ",", prefix of
+// four spaces, two spaces between columns), so they come out aligned.
 func pluginHelp() string {
 	var b strings.Builder
 	b.WriteString("Usage: dokku netshape[:COMMAND]\n\n")
-	b.WriteString("Enforce network bandwidth limits (eBPF EDT + fq on container veths), and memory, CPU and blkio limits, on app containers.\n\n")
+	b.WriteString("Enforce network bandwidth limits (eBPF EDT + fq on container veths) and memory, CPU and blkio limits on app containers.\n\n")
 	b.WriteString("Additional commands:")
+	width := 0
 	for _, c := range pluginCommands {
-		fmt.Fprintf(&b, "\n    %s:%s %s, %s", pluginName, c.name, c.args, c.desc)
+		width = max(width, len(helpCommandColumn(c.name, c.args)))
+	}
+	for _, c := range pluginCommands {
+		fmt.Fprintf(&b, "\n    %-*s  %s", width, helpCommandColumn(c.name, c.args), c.desc)
 	}
 	b.WriteString("\n")
 	return b.String()
+}
+
+// parentCmdline is the command line of the process that ran us: Dokku's Go
+// plugins answer `commands help` with every command when it is `dokku help
+// --all`, which they can only see there. A variable for tests.
+var parentCmdline = func() string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", os.Getppid()))
+	if err != nil {
+		return ""
+	}
+	return strings.ReplaceAll(string(b), "\x00", " ")
 }
 
 // runCommands is Dokku's fallback dispatcher: `commands CMD ARGS...`.
@@ -41,8 +70,15 @@ func runCommands(args []string) int {
 	}
 	switch cmd := args[0]; {
 	case cmd == "help":
-		// `dokku help`: one summary line.
-		fmt.Printf("    %s, Enforce network bandwidth (and memory, CPU, blkio) limits on app containers\n", pluginName)
+		// `dokku help`: one summary line; `dokku help --all`: every command.
+		// Both raw: Dokku columnizes the lines of all plugins together.
+		if strings.Contains(parentCmdline(), "--all") {
+			for _, c := range pluginCommands {
+				fmt.Printf("    %s, %s\n", helpCommandColumn(c.name, c.args), c.desc)
+			}
+			return 0
+		}
+		fmt.Printf("    %s, %s\n", pluginName, pluginSummary)
 		return 0
 	case cmd == pluginName || cmd == pluginName+":help":
 		fmt.Print(pluginHelp())
