@@ -295,7 +295,9 @@ type fakeDocker struct {
 	fail    map[string]error
 }
 
-func (f *fakeDocker) ListApp(context.Context, string) ([]containers.Container, error) { return f.list, nil }
+func (f *fakeDocker) ListApp(context.Context, string) ([]containers.Container, error) {
+	return f.list, nil
+}
 
 func (f *fakeDocker) UpdateResources(_ context.Context, id string, r containers.Resources) error {
 	if err := f.fail[id]; err != nil {
