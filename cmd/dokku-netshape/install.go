@@ -34,6 +34,9 @@ func unitPath() string    { return envOr(envUnit, defaultUnit) }
 // unitName is what systemctl calls the unit: its file name.
 func unitName() string { return filepath.Base(unitPath()) }
 
+// systemdRunDir exists when systemd is the running init (sd_booted()).
+var systemdRunDir = "/run/systemd/system"
+
 func envOr(key, def string) string {
 	if v := os.Getenv(key); v != "" {
 		return v
@@ -47,7 +50,7 @@ func systemctl() string {
 	if p := os.Getenv(envSystemctl); p != "" {
 		return p
 	}
-	if _, err := os.Stat("/run/systemd/system"); err != nil { // sd_booted()
+	if _, err := os.Stat(systemdRunDir); err != nil {
 		return ""
 	}
 	p, err := exec.LookPath("systemctl")
