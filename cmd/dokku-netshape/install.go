@@ -23,10 +23,14 @@ const (
 	envSudoers   = "NETSHAPE_SUDOERS"   // default /etc/sudoers.d/dokku-netshape
 	envUnit      = "NETSHAPE_UNIT"      // default /etc/systemd/system/dokku-netshape-watch.service
 	envSystemctl = "NETSHAPE_SYSTEMCTL" // set: use this systemctl even if systemd is not PID 1 (tests)
+	envRootBin   = "NETSHAPE_ROOT_BIN"  // default /usr/local/libexec/dokku-netshape
 
 	defaultSudoers = "/etc/sudoers.d/dokku-netshape"
 	defaultUnit    = "/etc/systemd/system/dokku-netshape-watch.service"
+	defaultRootBin = "/usr/local/libexec/dokku-netshape"
 )
+
+func rootBinPath() string { return envOr(envRootBin, defaultRootBin) }
 
 func sudoersPath() string { return envOr(envSudoers, defaultSudoers) }
 func unitPath() string    { return envOr(envUnit, defaultUnit) }
@@ -139,10 +143,10 @@ func systemdQuote(s string) string {
 	return `"` + s + `"`
 }
 
-// install runs as root from Dokku's install (and update) trigger: bpffs and
-// the pin directory, the sudoers grant, and the watcher's systemd unit when
-// systemd runs. Idempotent: Dokku re-runs every plugin's install trigger on
-// each plugin:install.
+// install runs as root from Dokku's install (and update) trigger: the
+// root-owned copy of the binary, bpffs and the pin directory, the sudoers
+// grant, and the watcher's systemd unit when systemd runs. Idempotent: Dokku
+// re-runs every plugin's install trigger on each plugin:install.
 func install(ctx context.Context) error {
 	if os.Geteuid() != 0 {
 		return errors.New("install must run as root (Dokku runs the install trigger as root)")
@@ -151,9 +155,9 @@ func install(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// The sudoers grant makes this file root's: whoever can replace it is root.
-	if err := checkRootOnly(self); err != nil {
-		return fmt.Errorf("refusing to grant sudo on %s: %w", self, err)
+	bin, err := installRootBinary(self)
+	if err != nil {
+		return err
 	}
 	s, err := shaper.Open(shaper.Options{PinDir: os.Getenv(envPinDir)})
 	if err != nil {
@@ -162,7 +166,7 @@ func install(ctx context.Context) error {
 	s.Close()
 
 	user := envOr("DOKKU_SYSTEM_USER", "dokku")
-	content, err := sudoersContent(self, user)
+	content, err := sudoersContent(bin, user)
 	if err != nil {
 		return err
 	}
@@ -177,10 +181,10 @@ func install(ctx context.Context) error {
 
 	sc := systemctl()
 	if sc == "" {
-		fmt.Println("       netshape: systemd is not running; run `" + self + " watch` as root under your init system to cover containers Docker restarts")
+		fmt.Println("       netshape: systemd is not running; run `" + bin + " watch` as root under your init system to cover containers Docker restarts")
 		return nil
 	}
-	if err := writeAtomic(unitPath(), []byte(unitContent(self)), 0o644); err != nil {
+	if err := writeAtomic(unitPath(), []byte(unitContent(bin)), 0o644); err != nil {
 		return err
 	}
 	for _, args := range [][]string{{"daemon-reload"}, {"enable", unitName()}, {"restart", unitName()}} {
@@ -190,6 +194,48 @@ func install(ctx context.Context) error {
 	}
 	fmt.Println("-----> netshape: watcher running as", unitName())
 	return nil
+}
+
+// installRootBinary copies self to the root-owned path that sudo and the
+// unit run, and returns that path. Dokku's package scripts chown the whole
+// plugins tree to dokku (`chown -R dokku:dokku /var/lib/dokku/plugins`), so
+// a grant on the plugin's own bin/dokku-netshape would let the dokku user
+// swap in any program and run it as root.
+//
+// The plugin's bin/dokku-netshape then becomes a link to the copy: Dokku
+// runs the trigger and subcommand links, which lead to the copy, so
+// os.Executable() — the path asRoot hands to sudo — is the granted one.
+func installRootBinary(self string) (string, error) {
+	bin := rootBinPath()
+	if self != bin {
+		if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+			return "", fmt.Errorf("create %s: %w", filepath.Dir(bin), err)
+		}
+		content, err := os.ReadFile(self)
+		if err != nil {
+			return "", fmt.Errorf("read own executable: %w", err)
+		}
+		// A new inode: a running watcher keeps executing the old one.
+		if err := writeAtomic(bin, content, 0o755); err != nil {
+			return "", err
+		}
+	}
+	// The grant makes this file root's: whoever can replace it is root.
+	if err := checkRootOnly(bin); err != nil {
+		return "", fmt.Errorf("refusing to grant sudo on %s: %w", bin, err)
+	}
+	if self != bin && filepath.Base(self) == "dokku-netshape" && filepath.Base(filepath.Dir(self)) == "bin" {
+		tmp := self + ".netshape-link"
+		os.Remove(tmp)
+		if err := os.Symlink(bin, tmp); err != nil {
+			return "", fmt.Errorf("link %s to %s: %w", self, bin, err)
+		}
+		if err := os.Rename(tmp, self); err != nil {
+			os.Remove(tmp)
+			return "", fmt.Errorf("link %s to %s: %w", self, bin, err)
+		}
+	}
+	return bin, nil
 }
 
 // selfPath is this binary's real path, the one asRoot hands to sudo.
@@ -297,7 +343,7 @@ func writeAtomicChecked(path string, content []byte, mode os.FileMode, check fun
 // uninstall removes everything the plugin attached, pinned or wrote outside
 // Dokku's config: the watcher (first, so it cannot re-attach), every budget
 // (detaching its devices), leftover attachments, the pins, the lock file,
-// the sudoers grant and the unit. Dokku's properties stay: they are Dokku's
+// the sudoers grant, the unit and the root-owned binary. Dokku's properties stay: they are Dokku's
 // resource settings, not ours.
 func uninstall(ctx context.Context) error {
 	if os.Geteuid() != 0 {
@@ -313,7 +359,9 @@ func uninstall(ctx context.Context) error {
 			}
 		}
 	}
-	for _, p := range []string{unit, unit + ".netshape-tmp", sudoersPath(), sudoersPath() + ".netshape-tmp", envOr(envLock, reconcile.DefaultLockPath)} {
+	// The running binary may be rootBinPath() itself: unlinking it is fine.
+	for _, p := range []string{unit, unit + ".netshape-tmp", sudoersPath(), sudoersPath() + ".netshape-tmp",
+		rootBinPath(), rootBinPath() + ".netshape-tmp", envOr(envLock, reconcile.DefaultLockPath)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}
