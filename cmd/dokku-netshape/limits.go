@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/dokku-netshape/dokku-netshape/pkg/containers"
 	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
 	"github.com/dokku-netshape/dokku-netshape/pkg/limits"
+	"github.com/dokku-netshape/dokku-netshape/pkg/size"
 )
 
 func limitsRequest(c *cli.Context, app, proc string) (limits.Request, error) {
@@ -49,7 +52,7 @@ func applyLimits(ctx context.Context, env dokku.Env, r limits.Request) error {
 		return fmt.Errorf("connect to Docker to apply limits live: %w", err)
 	}
 	defer docker.Close()
-	applied, pending, err := limits.ApplyLive(ctx, docker, env, r.App)
+	applied, pending, err := limits.ApplyLive(ctx, docker, env, r)
 	if err != nil {
 		return err
 	}
@@ -59,7 +62,7 @@ func applyLimits(ctx context.Context, env dokku.Env, r limits.Request) error {
 			errs = append(errs, fmt.Errorf("%s: %w", a.Container, a.Err))
 			continue
 		}
-		fmt.Printf("-----> %s updated live: %s\n", a.Container, a.Resources)
+		fmt.Printf("-----> %s updated live: %s\n", a.Container, describeResources(a.Resources))
 	}
 	if pending != "" {
 		fmt.Println("       " + pending)
@@ -76,4 +79,26 @@ func clearLimits(env dokku.Env, app, proc string) error {
 	}
 	fmt.Printf("-----> Cleared %s memory, CPU and blkio limits of %s (running containers keep theirs until the next deploy: Docker cannot remove a limit live)\n", procLabel(proc), app)
 	return nil
+}
+
+// describeResources says what was set in the units the user typed
+// (containers.Resources.String is raw numbers, for error messages).
+func describeResources(r containers.Resources) string {
+	var parts []string
+	if r.Memory != 0 {
+		parts = append(parts, "memory "+size.Size(r.Memory).String())
+	}
+	switch {
+	case r.MemorySwap < 0:
+		parts = append(parts, "memory-swap unlimited")
+	case r.MemorySwap > 0:
+		parts = append(parts, "memory-swap "+size.Size(r.MemorySwap).String())
+	}
+	if r.NanoCPUs != 0 {
+		parts = append(parts, "cpus "+strconv.FormatFloat(float64(r.NanoCPUs)/1e9, 'f', -1, 64))
+	}
+	if r.BlkioWeight != 0 {
+		parts = append(parts, fmt.Sprintf("blkio-weight %d", r.BlkioWeight))
+	}
+	return strings.Join(parts, ", ")
 }

@@ -267,22 +267,37 @@ type Applied struct {
 	Err       error
 }
 
-// ApplyLive pushes the stored memory, CPU and blkio-weight limits of each
-// running container's process type to the container. Device bps/iops limits
-// cannot change live; the returned pending note says so when there are any.
-func ApplyLive(ctx context.Context, docker Updater, env dokku.Env, app string) ([]Applied, string, error) {
-	list, err := docker.ListApp(ctx, app)
+// ApplyLive pushes the limits a persisted request set to the app's running
+// containers in its scope, at the values each container's process type now
+// has (its own keys, else _default_). Only the fields the request touches are
+// sent: a stored value the daemon cannot apply (a blkio weight without the
+// cgroup controller for it) must not make every later set fail. Device
+// bps/iops limits cannot change live; the returned note says so when the
+// request has any.
+func ApplyLive(ctx context.Context, docker Updater, env dokku.Env, r Request) ([]Applied, string, error) {
+	list, err := docker.ListApp(ctx, r.App)
 	if err != nil {
-		return nil, "", fmt.Errorf("list containers of %s: %w", app, err)
+		return nil, "", fmt.Errorf("list containers of %s: %w", r.App, err)
 	}
 	var out []Applied
-	pending := false
 	for _, c := range list {
-		want, devices, err := stored(env, app, c.ProcessType)
+		if r.scope() != DefaultScope && c.ProcessType != r.scope() {
+			continue
+		}
+		all, _, err := stored(env, r.App, c.ProcessType)
 		if err != nil {
 			return out, "", err
 		}
-		pending = pending || devices
+		var want containers.Resources
+		if r.Memory != "" || r.MemorySwap != "" {
+			want.Memory, want.MemorySwap = all.Memory, all.MemorySwap
+		}
+		if r.CPUs != "" {
+			want.NanoCPUs = all.NanoCPUs
+		}
+		if r.BlkioWeight != "" {
+			want.BlkioWeight = all.BlkioWeight
+		}
 		if want.IsZero() {
 			continue
 		}
@@ -293,8 +308,8 @@ func ApplyLive(ctx context.Context, docker Updater, env dokku.Env, app string) (
 		out = append(out, Applied{Container: c.Name, Resources: want, Err: err})
 	}
 	note := ""
-	if pending {
-		note = fmt.Sprintf("device read/write limits apply at the next deploy (`dokku ps:rebuild %s`): Docker cannot change them on running containers", app)
+	if len(r.DeviceReadBps)+len(r.DeviceWriteBps)+len(r.DeviceReadIOPS)+len(r.DeviceWriteIOPS) > 0 {
+		note = fmt.Sprintf("device read/write limits apply at the next deploy (`dokku ps:rebuild %s`): Docker cannot change them on running containers", r.App)
 	}
 	return out, note, nil
 }

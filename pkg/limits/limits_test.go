@@ -311,26 +311,34 @@ func TestApplyLive(t *testing.T) {
 	f := fixture(t)
 	f.SetResource("shop", "", dokku.Limit, dokku.Memory, "64m")
 	f.SetResource("shop", "worker", dokku.Limit, dokku.CPU, "0.5")
-	d := &fakeDocker{
-		list: []containers.Container{
-			{ID: "w1", Name: "shop.web.1", ProcessType: "web"},
-			{ID: "k1", Name: "shop.worker.1", ProcessType: "worker"},
-			{ID: "gone", Name: "shop.web.2", ProcessType: "web"},
-			{ID: "bad", Name: "shop.web.3", ProcessType: "web"},
-		},
-		updates: map[string]containers.Resources{},
-		fail:    map[string]error{"gone": containers.ErrGone, "bad": errors.New("boom")},
+	// Stored but not part of the requests below: never pushed (a daemon
+	// without the blkio controller would refuse it on every set).
+	if err := f.Env.DockerOptions().SetOwned("shop", "_default_", []string{"--blkio-weight=300"}); err != nil {
+		t.Fatal(err)
 	}
-	applied, note, err := ApplyLive(context.Background(), d, f.Env, "shop")
+	newDocker := func() *fakeDocker {
+		return &fakeDocker{
+			list: []containers.Container{
+				{ID: "w1", Name: "shop.web.1", ProcessType: "web"},
+				{ID: "k1", Name: "shop.worker.1", ProcessType: "worker"},
+				{ID: "gone", Name: "shop.web.2", ProcessType: "web"},
+				{ID: "bad", Name: "shop.web.3", ProcessType: "web"},
+			},
+			updates: map[string]containers.Resources{},
+			fail:    map[string]error{"gone": containers.ErrGone, "bad": errors.New("boom")},
+		}
+	}
+	d := newDocker()
+	applied, note, err := ApplyLive(context.Background(), d, f.Env, Request{App: "shop", Memory: "64m"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if note != "" {
 		t.Errorf("note %q without device limits", note)
 	}
-	if d.updates["w1"] != (containers.Resources{Memory: 64 << 20, MemorySwap: 128 << 20}) ||
-		d.updates["k1"] != (containers.Resources{Memory: 64 << 20, MemorySwap: 128 << 20, NanoCPUs: 5e8}) {
-		t.Errorf("updates %+v", d.updates)
+	mem := containers.Resources{Memory: 64 << 20, MemorySwap: 128 << 20}
+	if len(d.updates) != 2 || d.updates["w1"] != mem || d.updates["k1"] != mem {
+		t.Errorf("updates %+v, want memory only on w1 and k1", d.updates)
 	}
 	var names []string
 	for _, a := range applied {
@@ -343,10 +351,26 @@ func TestApplyLive(t *testing.T) {
 		t.Errorf("applied %v (a gone container is skipped)", names)
 	}
 
-	if _, err := Persist(f.Env, Request{App: "shop", DeviceWriteBps: []string{"/dev/sda:1mb"}}); err != nil {
+	// A process-scoped request touches only that process type's containers.
+	d = newDocker()
+	if _, _, err := ApplyLive(context.Background(), d, f.Env, Request{App: "shop", Process: "worker", CPUs: "0.5"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, note, _ = ApplyLive(context.Background(), d, f.Env, "shop"); !strings.Contains(note, "dokku ps:rebuild shop") {
-		t.Errorf("no note about device limits: %q", note)
+	if len(d.updates) != 1 || d.updates["k1"] != (containers.Resources{NanoCPUs: 5e8}) {
+		t.Errorf("worker cpus: updates %+v", d.updates)
+	}
+	// The blkio weight goes out when it is what is being set.
+	d = newDocker()
+	if _, _, err := ApplyLive(context.Background(), d, f.Env, Request{App: "shop", BlkioWeight: "300"}); err != nil {
+		t.Fatal(err)
+	}
+	if d.updates["w1"] != (containers.Resources{BlkioWeight: 300}) {
+		t.Errorf("blkio: updates %+v", d.updates)
+	}
+	// Device limits: nothing to push, a note instead.
+	d = newDocker()
+	_, note, err = ApplyLive(context.Background(), d, f.Env, Request{App: "shop", DeviceWriteBps: []string{"/dev/sda:1mb"}})
+	if err != nil || len(d.updates) != 0 || !strings.Contains(note, "dokku ps:rebuild shop") {
+		t.Errorf("devices: updates %+v note %q err %v", d.updates, note, err)
 	}
 }

@@ -1,0 +1,232 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/docker/docker/client"
+
+	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
+	"github.com/dokku-netshape/dokku-netshape/pkg/veth"
+	"github.com/dokku-netshape/dokku-netshape/test/docker/dockertest"
+	"github.com/dokku-netshape/dokku-netshape/test/nettest"
+)
+
+// dokkuApp runs one container labelled as Dokku's APP.web.1 and records it
+// in the fixture as the docker-local scheduler would.
+func dokkuApp(t *testing.T, e *cliEnv, cli *client.Client) (app, id string, pid int) {
+	t.Helper()
+	app = dockertest.AppName()
+	id = dockertest.Run(t, cli, dockertest.Spec{Name: app + ".web.1", Labels: dockertest.DokkuLabels(app, "web", 1, "deploy")})
+	e.AddApp(app, "web", 1)
+	e.AddContainer(app, "web", 1, id)
+	info, err := cli.ContainerInspect(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State == nil || info.State.Pid == 0 {
+		t.Fatalf("container %s not running: %+v", id, info.State)
+	}
+	return app, id, info.State.Pid
+}
+
+func TestDockerSetMemoryCPUsLive(t *testing.T) {
+	cli := dockertest.Need(t)
+	e := newCLIEnv(t)
+	app, id, _ := dokkuApp(t, e, cli)
+	before, err := cli.ContainerInspect(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.HostConfig.Memory != 0 || before.HostConfig.NanoCPUs != 0 {
+		t.Fatalf("container starts limited: memory %d cpus %d", before.HostConfig.Memory, before.HostConfig.NanoCPUs)
+	}
+	o := capture(t, "dokku-netshape", "set", app, "--memory", "64m", "--cpus", "0.5")
+	want := fmt.Sprintf("-----> Set app-wide memory limit 64m for %s\n-----> Set app-wide cpu limit 0.5 for %s\n"+
+		"-----> %s.web.1 updated live: memory 64m, memory-swap 128m, cpus 0.5\n", app, app, app)
+	if o.code != 0 || o.stdout != want || o.stderr != "" {
+		t.Fatalf("set:\n%s\nwant stdout\n%s", o, want)
+	}
+	after, err := cli.ContainerInspect(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hc := after.HostConfig; hc.Memory != 64<<20 || hc.MemorySwap != 128<<20 || hc.NanoCPUs != 5e8 {
+		t.Fatalf("container after set: memory %d swap %d nanocpus %d", hc.Memory, hc.MemorySwap, hc.NanoCPUs)
+	}
+	wantProp(t, e, "resource", app, "_default_.limit.memory", "64m")
+	wantProp(t, e, "resource", app, "_default_.limit.cpu", "0.5")
+
+	// Raising memory above the current swap limit changes both together.
+	mustRun(t, "dokku-netshape", "set", app, "--memory", "256m", "--memory-swap", "512m")
+	after, err = cli.ContainerInspect(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hc := after.HostConfig; hc.Memory != 256<<20 || hc.MemorySwap != 512<<20 || hc.NanoCPUs != 5e8 {
+		t.Fatalf("container after second set: memory %d swap %d nanocpus %d", hc.Memory, hc.MemorySwap, hc.NanoCPUs)
+	}
+}
+
+// qdiscs lists the qdiscs of every device in a namespace ("" = host, only dev).
+func qdiscs(t *testing.T, pid int, dev string) string {
+	t.Helper()
+	if pid == 0 {
+		return nettest.Run(t, "tc", "qdisc", "show", "dev", dev)
+	}
+	return nettest.Run(t, "nsenter", fmt.Sprintf("--net=/proc/%d/ns/net", pid), "tc", "qdisc", "show")
+}
+
+// On this host (no sch_fq) an egress limit cannot be enforced: set must say
+// so, naming the device, exit non-zero, keep the limit saved and leave both
+// ends of the container's veth exactly as they were.
+func TestDockerSetEgressWithoutFq(t *testing.T) {
+	nettest.RequireRoot(t)
+	if nettest.HaveFq(t) {
+		t.Skip("kernel has sch_fq: this is the fq-missing path of the dev/CI host")
+	}
+	cli := dockertest.Need(t)
+	e := newCLIEnv(t)
+	app, _, pid := dokkuApp(t, e, cli)
+	pairs, err := veth.Interfaces(veth.PidNetns(pid))
+	if err != nil || len(pairs) != 1 {
+		t.Fatalf("container interfaces: %v %v", pairs, err)
+	}
+	eth, host := pairs[0].ContainerIf.Name, pairs[0].HostIf.Name
+	inside, outside := qdiscs(t, pid, ""), qdiscs(t, 0, host)
+
+	o := capture(t, "dokku-netshape", "set", app, "--egress", "20mbit")
+	t.Logf("%s", o)
+	if o.code == 0 {
+		t.Fatalf("set --egress without fq exited 0:\n%s", o)
+	}
+	wantErr := fmt.Sprintf("!     %s: limits saved but not enforced everywhere (traffic there passes unshaped): %s.web.1 %s egress: ", app, app, eth)
+	if !strings.Contains(o.stderr, wantErr) || !strings.Contains(o.stderr, "the kernel has no fq qdisc (sch_fq)") {
+		t.Errorf("stderr does not name the device and the missing fq:\n%s\nwant it to contain\n%s", o.stderr, wantErr)
+	}
+	if got := qdiscs(t, pid, ""); got != inside {
+		t.Errorf("container qdiscs changed:\n%s\n---\n%s", inside, got)
+	}
+	if got := qdiscs(t, 0, host); got != outside {
+		t.Errorf("host veth %s qdiscs changed:\n%s\n---\n%s", host, outside, got)
+	}
+	wantProp(t, e, "resource", app, "_default_.limit.network-egress", "20mbit")
+	if st := e.shaperState(t); strings.Contains(st, "attachment") {
+		t.Errorf("attachments recorded:\n%s", st)
+	}
+}
+
+// A blkio weight the daemon cannot apply (cgroup v1 without CFQ, as on this
+// host) must not make later sets of other limits fail.
+func TestDockerBlkioDoesNotBlockLaterSets(t *testing.T) {
+	cli := dockertest.Need(t)
+	e := newCLIEnv(t)
+	app, id, _ := dokkuApp(t, e, cli)
+	o := capture(t, "dokku-netshape", "set", app, "--blkio-weight", "300")
+	if o.code != 0 && !strings.Contains(o.stderr, "docker did not apply the update: blkio-weight is 0") {
+		t.Fatalf("set --blkio-weight:\n%s", o)
+	}
+	wantProp(t, e, "netshape", app, "owned-docker-options._default_.deploy", "--blkio-weight=300\n")
+	o = mustRun(t, "dokku-netshape", "set", app, "--cpus", "0.25")
+	if want := fmt.Sprintf("-----> Set app-wide cpu limit 0.25 for %s\n-----> %s.web.1 updated live: cpus 0.25\n", app, app); o.stdout != want || o.stderr != "" {
+		t.Fatalf("set --cpus after blkio:\n%s\nwant\n%s", o, want)
+	}
+	o = mustRun(t, "dokku-netshape", "set", app, "--device-write-bps", "/dev/sda:1mb")
+	if !strings.Contains(o.stdout, "device read/write limits apply at the next deploy (`dokku ps:rebuild "+app+"`)") {
+		t.Fatalf("no next-deploy note:\n%s", o)
+	}
+	info, err := cli.ContainerInspect(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.HostConfig.NanoCPUs != 25e7 || len(info.HostConfig.BlkioDeviceWriteBps) != 0 {
+		t.Fatalf("container: cpus %d device limits %v", info.HostConfig.NanoCPUs, info.HostConfig.BlkioDeviceWriteBps)
+	}
+}
+
+// TestDockerReport checks report's three formats against golden files, for
+// an app with limits and one running container (not shaped: nothing was
+// applied). The random app name is replaced by APP.
+func TestDockerReport(t *testing.T) {
+	nettest.RequireRoot(t)
+	cli := dockertest.Need(t)
+	e := newCLIEnv(t)
+	app, _, _ := dokkuApp(t, e, cli)
+	e.SetResource(app, "", dokku.Limit, dokku.NetworkEgress, "20mbit")
+	e.SetResource(app, "web", dokku.Limit, dokku.NetworkIngress, "50mbit")
+	e.SetResource(app, "", dokku.Limit, dokku.Memory, "256m")
+	e.SetResource(app, "", dokku.Limit, dokku.CPU, "0.5")
+	if err := e.Env.DockerOptions().SetOwned(app, "_default_", []string{"--blkio-weight=300"}); err != nil {
+		t.Fatal(err)
+	}
+	e.AddApp("zzz-idle", "web", 1) // no limits, no containers
+	norm := func(s string) string { return strings.ReplaceAll(s, app, "APP") }
+	for _, tc := range []struct {
+		golden string
+		args   []string
+	}{
+		{"report-app.golden", []string{"report", app}},
+		{"report-app-json.golden", []string{"report", app, "--format", "json"}},
+		{"report-app-egress.golden", []string{"report", app, "--netshape-egress"}},
+		{"report-app-process-limits.golden", []string{"report", "--netshape-process-limits", app}},
+		{"report-all.golden", []string{"report"}},
+		{"report-all-json.golden", []string{"report", "--format=json"}},
+	} {
+		o := mustRun(t, append([]string{"dokku-netshape"}, tc.args...)...)
+		if o.stderr != "" {
+			t.Errorf("%v: stderr %q", tc.args, o.stderr)
+		}
+		golden(t, tc.golden, norm(o.stdout))
+	}
+	// Dokku's `report` trigger and the subcommand print the same.
+	want := norm(mustRun(t, "dokku-netshape", "report", app).stdout)
+	if got := norm(mustRun(t, pluginDir+"report", app).stdout); got != want {
+		t.Errorf("report trigger:\n%s\nwant\n%s", got, want)
+	}
+	if got := norm(mustRun(t, pluginDir+"subcommands/report", "netshape:report", app).stdout); got != want {
+		t.Errorf("netshape:report:\n%s\nwant\n%s", got, want)
+	}
+	if st := e.shaperState(t); strings.Contains(st, "budget") {
+		t.Errorf("report changed the shaper:\n%s", st)
+	}
+}
+
+// post-deploy APP "" "" TAG, as Dokku passes it: an app without network
+// limits is a no-op; one whose limit cannot be enforced (no fq here) is
+// warned about loudly but does not fail the deploy.
+func TestDockerPostDeploy(t *testing.T) {
+	nettest.RequireRoot(t)
+	cli := dockertest.Need(t)
+	e := newCLIEnv(t)
+	app, _, pid := dokkuApp(t, e, cli)
+	o := mustRun(t, pluginDir+"post-deploy", app, "", "", "latest")
+	if o.stdout != "" || o.stderr != "" {
+		t.Errorf("post-deploy without limits printed:\n%s", o)
+	}
+	if st := e.shaperState(t); strings.Contains(st, "budget") || strings.Contains(st, "attachment") {
+		t.Errorf("post-deploy without limits changed the shaper:\n%s", st)
+	}
+	if nettest.HaveFq(t) {
+		return // the rest is the fq-missing path of the dev/CI host
+	}
+	e.SetResource(app, "", dokku.Limit, dokku.Network, "10mbit")
+	inside := qdiscs(t, pid, "")
+	o = capture(t, pluginDir+"post-deploy", app, "", "", "latest")
+	if o.code != 0 {
+		t.Fatalf("post-deploy failed the deploy:\n%s", o)
+	}
+	for _, want := range []string{
+		"netshape: LIMIT NOT ENFORCED for " + app + " container " + app + ".web.1 eth0 egress",
+		" !     netshape: limits of " + app + " not (fully) enforced: ",
+		"the kernel has no fq qdisc (sch_fq)",
+	} {
+		if !strings.Contains(o.stderr, want) {
+			t.Errorf("post-deploy stderr lacks %q:\n%s", want, o.stderr)
+		}
+	}
+	if got := qdiscs(t, pid, ""); got != inside {
+		t.Errorf("container qdiscs changed:\n%s\n---\n%s", inside, got)
+	}
+}
