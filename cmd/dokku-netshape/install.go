@@ -417,3 +417,20 @@ func removeAllShaping() error {
 	}
 	return s.Destroy()
 }
+
+// sudoFailure explains a failed `sudo -n BIN ARGS...` run by asRoot. sudo
+// exits 1 both when it refuses and when the command itself fails with 1, so
+// ask it (`sudo -n -l`) whether the command is granted at all: a missing
+// grant gets a message naming the fix, anything else keeps the command's
+// own exit code (its output has already been shown).
+func sudoFailure(ctx context.Context, self string, args []string, code int) error {
+	if code == 1 {
+		probe := exec.CommandContext(ctx, "sudo", append([]string{"-n", "-l", self}, args...)...)
+		if probe.Run() != nil {
+			return fmt.Errorf("%s needs root, and sudo does not let this user run `%s %s` without a password: "+
+				"the netshape plugin's sudoers grant (%s) is missing or stale; run `sudo dokku plugin:install` to restore it",
+				args[0], self, strings.Join(args, " "), sudoersPath())
+		}
+	}
+	return exitError{code: code}
+}
