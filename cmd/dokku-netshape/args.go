@@ -20,7 +20,10 @@ func runCLI(argv []string) error {
 		// urfave/cli would answer "No help topic for ..." with exit code 3.
 		return fmt.Errorf("unknown command %q: run `%s help` for the list", argv[1], app.Name)
 	}
-	if cmd == nil || cmd.SkipFlagParsing {
+	// urfave/cli recognises a completion request only as the very last
+	// argument; reordering would move it.
+	completing := argv[len(argv)-1] == "--generate-bash-completion"
+	if cmd == nil || cmd.SkipFlagParsing || completing {
 		return app.Run(argv)
 	}
 	args, err := reorderArgs(cmd, argv[2:])

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -297,10 +300,10 @@ func golden(t *testing.T, name, got string) {
 	}
 	want, err := os.ReadFile(path)
 	if err != nil {
-		t.Fatalf("%v (run go test -update once to create it)", err)
+		t.Fatalf("%v (create it with: go test ./cmd/dokku-netshape -run %s -args -update)", err, t.Name())
 	}
 	if got != string(want) {
-		t.Errorf("%s differs (go test -update rewrites it):\n--- got\n%s\n--- want\n%s", name, got, want)
+		t.Errorf("%s differs (if intended: go test ./cmd/dokku-netshape -run %s -args -update):\n--- got\n%s\n--- want\n%s", name, t.Name(), got, want)
 	}
 }
 
@@ -364,5 +367,42 @@ func TestRootRenameCloneDeleteTriggers(t *testing.T) {
 	mustRun(t, pluginDir+"post-app-rename-setup", "plain", "plain2")
 	if _, err := os.Stat(e.Env.PropertyDir("netshape", "plain2")); !os.IsNotExist(err) {
 		t.Errorf("empty record dir created for plain2: %v", err)
+	}
+}
+
+// The completion script, sourced into bash, completes commands and flags
+// by asking the real binary.
+func TestBashCompletion(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "dokku-netshape")
+	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	script := mustRun(t, "dokku-netshape", "completion").stdout
+	for _, tc := range []struct {
+		words []string
+		want  string
+	}{
+		{[]string{"cl"}, "clear"},
+		{[]string{""}, "set clear apply report remove watch completion man help h"},
+		{[]string{"set", "shop", "--eg"}, "--egress"},
+		{[]string{"set", "--no"}, "--no-apply"},
+		{[]string{"clear", "shop", "--a"}, "--all"},
+		{[]string{"apply", "--f"}, "--force"},
+	} {
+		words := append([]string{bin}, tc.words...)
+		var quoted []string
+		for _, w := range words {
+			quoted = append(quoted, "'"+w+"'")
+		}
+		sh := script + "\nCOMP_WORDS=(" + strings.Join(quoted, " ") + ")\nCOMP_CWORD=" + fmt.Sprint(len(words)-1) +
+			"\n_dokku_netshape\necho \"${COMPREPLY[*]}\"\n"
+		out, err := exec.Command("bash", "-c", sh).CombinedOutput()
+		if err != nil {
+			t.Fatalf("bash: %v\n%s", err, out)
+		}
+		if got := strings.TrimSpace(string(out)); got != tc.want {
+			t.Errorf("complete %q: %q, want %q", tc.words, got, tc.want)
+		}
 	}
 }

@@ -66,10 +66,16 @@ func completionCommand() *cli.Command {
 
 // bashCompletion asks the binary itself (urfave/cli's --generate-bash-completion),
 // so completion always matches the CLI definition.
+// urfave/cli lists a command's flags only when the word before
+// --generate-bash-completion starts with "-", so a partial flag is passed on.
 const bashCompletion = `_dokku_netshape() {
   local cur opts
   cur="${COMP_WORDS[COMP_CWORD]}"
-  opts=$("${COMP_WORDS[0]}" "${COMP_WORDS[@]:1:$COMP_CWORD-1}" --generate-bash-completion 2>/dev/null)
+  if [[ "$cur" == -* ]]; then
+    opts=$("${COMP_WORDS[0]}" "${COMP_WORDS[@]:1:$COMP_CWORD-1}" "$cur" --generate-bash-completion 2>/dev/null)
+  else
+    opts=$("${COMP_WORDS[0]}" "${COMP_WORDS[@]:1:$COMP_CWORD-1}" --generate-bash-completion 2>/dev/null)
+  fi
   COMPREPLY=($(compgen -W "${opts}" -- "${cur}"))
 }
 complete -o default -F _dokku_netshape dokku-netshape
