@@ -262,7 +262,12 @@ func (e *dokkuEnv) run(t *testing.T, asDokku bool, extraEnv []string, path strin
 
 func (e *dokkuEnv) mustRun(t *testing.T, asDokku bool, path string, args ...string) result {
 	t.Helper()
-	r := e.run(t, asDokku, nil, path, args...)
+	return e.mustRunEnv(t, asDokku, nil, path, args...)
+}
+
+func (e *dokkuEnv) mustRunEnv(t *testing.T, asDokku bool, extraEnv []string, path string, args ...string) result {
+	t.Helper()
+	r := e.run(t, asDokku, extraEnv, path, args...)
 	if r.code != 0 {
 		t.Fatalf("%s %s: %s", strings.TrimPrefix(path, e.LibRoot), strings.Join(args, " "), r)
 	}
@@ -671,4 +676,77 @@ func TestRootPluginInstallFromGitClone(t *testing.T) {
 	if _, err := os.Stat(e.sudoers); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("sudoers left after uninstall: %v", err)
 	}
+}
+
+// plugin:install of the release tarball on a server without Go: plugn
+// untars it into the plugin dir (moving a single top directory's contents
+// up) and the install trigger uses the shipped binary.
+func TestRootPluginInstallFromTarball(t *testing.T) {
+	requireTools(t)
+	e := newDokkuEnv(t)
+	out := filepath.Join(e.base, "dist")
+	cmd := exec.Command(filepath.Join(repoRoot, "scripts", "plugin-tarball.sh"))
+	cmd.Env = append(os.Environ(), "OUT="+out, "GO="+goBin())
+	if o, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("plugin-tarball.sh: %v\n%s", err, o)
+	}
+	tarballs, _ := filepath.Glob(filepath.Join(out, "dokku-netshape-*-linux-amd64.tar.gz"))
+	if len(tarballs) != 1 {
+		t.Fatalf("tarballs: %v", tarballs)
+	}
+	check := exec.Command("sha256sum", "-c", filepath.Base(tarballs[0])+".sha256")
+	check.Dir = out
+	if sum, err := check.CombinedOutput(); err != nil {
+		t.Errorf("checksum: %v %s", err, sum)
+	}
+	listing, err := exec.Command("tar", "tvzf", tarballs[0]).CombinedOutput()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(listing)), "\n") {
+		if f := strings.Fields(line); len(f) < 2 || f[1] != "0/0" {
+			t.Errorf("tarball entry not owned by root (plugn untars as root and keeps owners): %s", line)
+		}
+	}
+
+	// plugn install URL --name netshape, for a tarball.
+	if err := os.MkdirAll(e.available, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if o, err := exec.Command("tar", "xzf", tarballs[0], "-C", e.available).CombinedOutput(); err != nil {
+		t.Fatalf("untar: %v %s", err, o)
+	}
+	ents, err := os.ReadDir(e.available)
+	if err != nil || len(ents) != 1 || !ents[0].IsDir() {
+		t.Fatalf("tarball top level: %v %v, want one directory", ents, err)
+	}
+	top := filepath.Join(e.available, ents[0].Name())
+	inner, err := os.ReadDir(top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ent := range inner {
+		if err := os.Rename(filepath.Join(top, ent.Name()), filepath.Join(e.available, ent.Name())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Remove(top); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(e.enabled), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(e.available, e.enabled); err != nil {
+		t.Fatal(err)
+	}
+
+	r := e.mustRunEnv(t, false, []string{"GO=none"}, filepath.Join(e.enabled, "install"))
+	if !strings.Contains(r.stdout, "using the shipped binary (") || !strings.Contains(r.stdout, " linux/amd64)") {
+		t.Errorf("install from tarball:\n%s", r)
+	}
+	r = e.mustRun(t, true, filepath.Join(e.enabled, "commands"), "netshape:help")
+	if !strings.Contains(r.stdout, "netshape:set") {
+		t.Errorf("commands netshape:help after tarball install:\n%s", r)
+	}
+	e.mustRun(t, false, filepath.Join(e.enabled, "uninstall"), "netshape")
 }
