@@ -81,6 +81,10 @@ func runMain(m *testing.M) int {
 // package does, unless it exists.
 func ensureDokkuUser() error {
 	if _, err := user.Lookup("dokku"); err != nil {
+		// userdel would take a same-named group with it: never touch one we did not make.
+		if _, gerr := user.LookupGroup("dokku"); gerr == nil {
+			return errors.New("group dokku exists without user dokku; create the user (useradd --system -g dokku dokku) and rerun")
+		}
 		out, err := exec.Command("useradd", "--system", "--user-group", "--no-create-home",
 			"--home-dir", "/home/dokku", "--shell", "/bin/bash", "dokku").CombinedOutput()
 		if err != nil {
