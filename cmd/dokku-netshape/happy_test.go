@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
@@ -403,6 +404,33 @@ func TestBashCompletion(t *testing.T) {
 		}
 		if got := strings.TrimSpace(string(out)); got != tc.want {
 			t.Errorf("complete %q: %q, want %q", tc.words, got, tc.want)
+		}
+	}
+}
+
+// Run as root (sudo, install), everything written must end up owned by
+// DOKKU_SYSTEM_USER/GROUP, or Dokku (running as that user) cannot read it.
+func TestRootSetOwnsFilesAsDokkuUser(t *testing.T) {
+	nettest.RequireRoot(t)
+	e := newCLIEnv(t)
+	e.AddApp("shop", "web", 1)
+	t.Setenv("DOKKU_SYSTEM_USER", "nobody")
+	t.Setenv("DOKKU_SYSTEM_GROUP", "nogroup")
+	mustRun(t, "dokku-netshape", "set", "shop", "--egress", "1mbit", "--blkio-weight", "200", "--no-apply")
+	for _, p := range []string{
+		e.PropertyPath("resource", "shop", "_default_.limit.network-egress"),
+		e.PropertyPath("docker-options", "shop", "_default_.deploy"),
+		e.PropertyPath("netshape", "shop", "owned-docker-options._default_.deploy"),
+		e.Env.PropertyDir("netshape", "shop"),
+		e.Env.PluginConfigDir("netshape"),
+	} {
+		info, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := info.Sys().(*syscall.Stat_t)
+		if st.Uid != 65534 || st.Gid != 65534 {
+			t.Errorf("%s owned by %d:%d, want nobody:nogroup (65534:65534)", p, st.Uid, st.Gid)
 		}
 	}
 }
