@@ -1,7 +1,9 @@
 package main
 
 import (
+	"fmt"
 	"os"
+	"runtime"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -50,6 +52,7 @@ func TestRootBadInput(t *testing.T) {
 	base := filepath.Dir(filepath.Dir(e.DokkuRoot))
 	long := strings.Repeat("a", 300)
 	missing := filepath.Join(base, "no-such-dokku-root")
+	tooMany := fmt.Sprint(runtime.NumCPU() + 1)
 
 	type tc struct {
 		name  string
@@ -88,9 +91,9 @@ func TestRootBadInput(t *testing.T) {
 		{name: "memory-word", argv: []string{"set", "shop", "--memory", "lots"}, want: `--memory: dokku passes memory "lots" to docker as "lotsm": invalid size "lotsm": malformed number: must start with a digit`},
 		{name: "swap-below-memory", argv: []string{"set", "shop", "--memory", "64m", "--memory-swap", "32m"}, want: "--memory-swap: 32m is less than the memory limit (64m); memory-swap is memory plus swap"},
 		{name: "swap-below-stored-memory", argv: []string{"set", "shop", "--memory-swap", "128m"}, want: "--memory-swap: 128m is less than the memory limit (256m); memory-swap is memory plus swap"},
-		{name: "cpus-zero", argv: []string{"set", "shop", "--cpus", "0"}, want: "--cpus: 0 is outside 0.01..2 (this host's CPUs)"},
+		{name: "cpus-zero", argv: []string{"set", "shop", "--cpus", "0"}, want: fmt.Sprintf("--cpus: 0 is outside 0.01..%d (this host's CPUs)", runtime.NumCPU())},
 		{name: "cpus-too-fine", argv: []string{"set", "shop", "--cpus", "0.001"}, want: "--cpus: 0.001 has more than two decimals"},
-		{name: "cpus-too-many", argv: []string{"set", "shop", "--cpus", "99"}, want: "--cpus: 99 is outside 0.01..2 (this host's CPUs)"},
+		{name: "cpus-too-many", argv: []string{"set", "shop", "--cpus", tooMany}, want: fmt.Sprintf("--cpus: %s is outside 0.01..%d (this host's CPUs)", tooMany, runtime.NumCPU())},
 		{name: "cpus-exponent", argv: []string{"set", "shop", "--cpus", "1e3"}, want: `--cpus: "1e3" is not a decimal number of CPUs`},
 		{name: "cpus-nan", argv: []string{"set", "shop", "--cpus", "NaN"}, want: `--cpus: "NaN" is not a decimal number of CPUs`},
 		{name: "cpus-empty", argv: []string{"set", "shop", "--cpus", ""}, want: "--cpus: empty value"},
