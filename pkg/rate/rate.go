@@ -30,7 +30,7 @@ package rate
 import (
 	"errors"
 	"fmt"
-	"math/big"
+	"github.com/dokku-netshape/dokku-netshape/internal/decimal"
 	"strconv"
 	"strings"
 	"unicode"
@@ -137,57 +137,31 @@ func Parse(s string) (Rate, error) {
 		return fail(ErrNegative, "")
 	}
 
-	// number := digits [ "." digits ]
-	i := 0
-	for i < len(s) && isDigit(s[i]) {
-		i++
+	intPart, fracPart, suffix, detail := decimal.Split(s)
+	if detail != "" {
+		return fail(ErrSyntax, detail)
 	}
-	intPart := s[:i]
-	fracPart := ""
-	if i < len(s) && s[i] == '.' {
-		j := i + 1
-		for j < len(s) && isDigit(s[j]) {
-			j++
-		}
-		fracPart = s[i+1 : j]
-		if intPart == "" || fracPart == "" {
-			return fail(ErrSyntax, "a decimal point needs digits on both sides")
-		}
-		i = j
-	}
-	if intPart == "" {
-		return fail(ErrSyntax, "must start with a digit")
-	}
-	suffix := s[i:]
 	if strings.HasSuffix(suffix, "%") {
 		return fail(ErrPercent, "")
 	}
 	mult, ok := unitByName[strings.ToLower(suffix)]
 	if !ok {
-		if suffix != "" && (suffix[0] == '.' || isDigit(suffix[0])) {
+		if suffix != "" && (suffix[0] == '.' || decimal.IsDigit(suffix[0])) {
 			return fail(ErrSyntax, "")
 		}
 		return fail(ErrUnknownUnit, fmt.Sprintf("%q (want bit, kbit, mbit, gbit, tbit, bps, kbps, mbps, gbps, tbps or an IEC kibit…tibps)", suffix))
 	}
 
-	// Exact arithmetic: value = (int.frac) × mult.
-	num, ok := new(big.Int).SetString(intPart+fracPart, 10)
-	if !ok {
-		return fail(ErrSyntax, "")
-	}
-	den := new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(len(fracPart))), nil)
-	num.Mul(num, new(big.Int).SetUint64(mult))
-	q, r := new(big.Int).QuoRem(num, den, new(big.Int))
-	if q.Sign() == 0 && r.Sign() == 0 {
+	v, outcome := decimal.Scale(intPart, fracPart, mult, uint64(MaxRate))
+	switch outcome {
+	case decimal.Zero:
 		return fail(ErrZero, "")
-	}
-	if q.Cmp(new(big.Int).SetUint64(uint64(MaxRate))) > 0 {
+	case decimal.OutOfRange:
 		return fail(ErrOutOfRange, "at most "+MaxRate.String())
-	}
-	if r.Sign() != 0 {
+	case decimal.Fractional:
 		return fail(ErrFractional, "")
 	}
-	return Rate(q.Uint64()), nil
+	return Rate(v), nil
 }
 
 // MustParse is Parse for constants in code and tests; it panics on error.
@@ -231,5 +205,3 @@ func (r *Rate) UnmarshalText(b []byte) error {
 	*r = v
 	return nil
 }
-
-func isDigit(c byte) bool { return c >= '0' && c <= '9' }

@@ -20,8 +20,8 @@ package size
 import (
 	"errors"
 	"fmt"
+	"github.com/dokku-netshape/dokku-netshape/internal/decimal"
 	"math"
-	"math/big"
 	"strconv"
 	"strings"
 	"unicode"
@@ -92,39 +92,22 @@ func Parse(s string) (Size, error) {
 	if s[0] == '-' {
 		return fail(ErrNegative, "")
 	}
-	i := 0
-	for i < len(s) && isDigit(s[i]) {
-		i++
-	}
-	intPart := s[:i]
-	fracPart := ""
-	if i < len(s) && s[i] == '.' {
-		j := i + 1
-		for j < len(s) && isDigit(s[j]) {
-			j++
-		}
-		fracPart = s[i+1 : j]
-		if intPart == "" || fracPart == "" {
-			return fail(ErrSyntax, "a decimal point needs digits on both sides")
-		}
-		i = j
-	}
-	if intPart == "" {
-		if hasSpace(s) {
+	intPart, fracPart, rest, detail := decimal.Split(s)
+	if detail != "" {
+		if detail == "must start with a digit" && hasSpace(s) {
 			return fail(ErrWhitespace, "")
 		}
-		return fail(ErrSyntax, "must start with a digit")
+		return fail(ErrSyntax, detail)
 	}
-	suffix := s[i:]
 	// Docker allows exactly one ASCII space between the number and the unit.
-	suffix = strings.TrimPrefix(suffix, " ")
+	suffix := strings.TrimPrefix(rest, " ")
 	if hasSpace(suffix) {
 		return fail(ErrWhitespace, "")
 	}
 	mult, ok := unitMultiplier(suffix)
 	if !ok {
-		if suffix[0] == '.' || isDigit(suffix[0]) {
-			if suffix != s[i:] { // "5 12m": a space inside the number
+		if suffix[0] == '.' || decimal.IsDigit(suffix[0]) {
+			if suffix != rest { // "5 12m": a space inside the number
 				return fail(ErrWhitespace, "")
 			}
 			return fail(ErrSyntax, "")
@@ -132,23 +115,16 @@ func Parse(s string) (Size, error) {
 		return fail(ErrUnknownUnit, fmt.Sprintf("%q (want b, k, m, g, t or p, optionally followed by b or ib)", suffix))
 	}
 
-	num, ok := new(big.Int).SetString(intPart+fracPart, 10)
-	if !ok {
-		return fail(ErrSyntax, "")
-	}
-	den := new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(len(fracPart))), nil)
-	num.Mul(num, new(big.Int).SetUint64(uint64(mult)))
-	q, r := new(big.Int).QuoRem(num, den, new(big.Int))
-	if q.Sign() == 0 && r.Sign() == 0 {
+	v, outcome := decimal.Scale(intPart, fracPart, uint64(mult), uint64(MaxSize))
+	switch outcome {
+	case decimal.Zero:
 		return fail(ErrZero, "")
-	}
-	if q.Cmp(new(big.Int).SetUint64(uint64(MaxSize))) > 0 {
+	case decimal.OutOfRange:
 		return fail(ErrOutOfRange, "at most "+strconv.FormatUint(uint64(MaxSize), 10)+" bytes")
-	}
-	if r.Sign() != 0 {
+	case decimal.Fractional:
 		return fail(ErrFractional, "")
 	}
-	return Size(q.Uint64()), nil
+	return Size(v), nil
 }
 
 // unitMultiplier implements Docker's `([kmgtp])?i?b?` (case-insensitive).
@@ -238,7 +214,5 @@ func ParseDokkuMemory(value string) (Size, error) {
 	}
 	return v, err
 }
-
-func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
 func hasSpace(s string) bool { return strings.IndexFunc(s, unicode.IsSpace) >= 0 }
