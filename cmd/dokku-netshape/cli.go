@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
-	"syscall"
 
 	"github.com/urfave/cli/v2"
 
@@ -447,9 +446,7 @@ func asRoot(ctx context.Context, args []string, fn func() error) error {
 	if err := cmd.Run(); err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
-			if st, ok := ee.Sys().(syscall.WaitStatus); ok {
-				return exitError{code: st.ExitStatus()}
-			}
+			return sudoFailure(ctx, self, args, ee.ExitCode())
 		}
 		return fmt.Errorf("%s needs root and `sudo -n %s %s` failed: %w (is the netshape plugin's sudoers file installed?)",
 			args[0], self, strings.Join(args, " "), err)
