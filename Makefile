@@ -3,7 +3,7 @@ GO        ?= go
 BIN       ?= bin/dokku-netshape
 TEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: all build generate test test-deps test-host bench demo lint clean
+.PHONY: all build generate test test-deps test-host bench lint clean plugin-tarball
 
 all: build
 
@@ -40,7 +40,11 @@ lint:
 	gofmt -l . | grep -v '_bpfel.go' | (! grep .)
 	$(GO) vet ./...
 
+# A release tarball with the binary, for Dokku servers without Go.
+plugin-tarball:
+	scripts/plugin-tarball.sh
+
 clean:
-	rm -rf bin
+	rm -rf bin dist
 
 include test/vm/vm.mk
