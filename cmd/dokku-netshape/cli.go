@@ -229,6 +229,16 @@ func runClear(c *cli.Context) error {
 		return err
 	}
 	fmt.Printf("-----> Cleared %s network limits of %s\n", procLabel(proc), app)
+	if proc != reconcile.DefaultScope {
+		// The process type now follows the app-wide limits, if any: say so.
+		if res, err := env.ResourceLimits(app, proc); err == nil {
+			for _, s := range []dokku.Setting{res.NetworkEgress, res.NetworkIngress} {
+				if s.IsSet() {
+					fmt.Printf("       %s still follows the app-wide %s = %s\n", proc, s.Key, s.Value)
+				}
+			}
+		}
+	}
 	if all {
 		if err := clearLimits(env, app, proc); err != nil {
 			return err
