@@ -109,7 +109,11 @@ func TestClearNetwork(t *testing.T) {
 			if slices.Contains(tc.args, "web") {
 				scope = "web"
 			}
-			if want := "-----> Cleared " + scope + " network limits of shop\n"; o.stdout != want || o.stderr != "" {
+			want := "-----> Cleared " + scope + " network limits of shop\n"
+			if tc.name == "process-scope-only" {
+				want += "       web still follows the app-wide _default_.limit.network-egress = 2mbit\n"
+			}
+			if o.stdout != want || o.stderr != "" {
 				t.Errorf("output\n%s\nwant\n%s", o, want)
 			}
 			got, err := e.Env.Properties("resource").GetAll("shop")
