@@ -6,6 +6,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,33 +25,55 @@ type tuning struct {
 }
 
 // tunings: the defaults always run (CI); NETSHAPE_TUNE=1 adds the alternatives measured for
-// docs/MEASUREMENTS.md. Names are stable: they key the table.
+// docs/MEASUREMENTS.md, NETSHAPE_TUNE=name,name picks some of them. Names key the table.
 func tunings() []tuning {
-	ts := []tuning{{Name: "default"}}
-	if os.Getenv("NETSHAPE_TUNE") == "1" {
-		ts = append(ts,
-			tuning{Name: "h10-ce1", Horizon: 10 * time.Millisecond, CEThreshold: time.Millisecond},
-			tuning{Name: "h40-ce4", Horizon: 40 * time.Millisecond, CEThreshold: 4 * time.Millisecond},
-			tuning{Name: "h20-ce5", Horizon: 20 * time.Millisecond, CEThreshold: 5 * time.Millisecond},
-			tuning{Name: "h20-noce", Horizon: 20 * time.Millisecond, CEThreshold: -1},
-			tuning{Name: "h100-ce2", Horizon: 100 * time.Millisecond, CEThreshold: 2 * time.Millisecond},
-		)
+	all := []tuning{
+		{Name: "default"},
+		{Name: "h10-ce1", Horizon: 10 * time.Millisecond, CEThreshold: time.Millisecond},
+		{Name: "h40-ce4", Horizon: 40 * time.Millisecond, CEThreshold: 4 * time.Millisecond},
+		{Name: "h20-ce5", Horizon: 20 * time.Millisecond, CEThreshold: 5 * time.Millisecond},
+		{Name: "h20-noce", Horizon: 20 * time.Millisecond, CEThreshold: -1},
+		{Name: "h100-ce2", Horizon: 100 * time.Millisecond, CEThreshold: 2 * time.Millisecond},
 	}
-	return ts
+	sel := os.Getenv("NETSHAPE_TUNE")
+	switch sel {
+	case "":
+		return all[:1]
+	case "1":
+		return all
+	}
+	var out []tuning
+	for _, tu := range all {
+		if slices.Contains(strings.Split(sel, ","), tu.Name) {
+			out = append(out, tu)
+		}
+	}
+	return out
 }
 
-// latencyRates: the brief's 20 Mbit/s always; NETSHAPE_TUNE=1 adds 100.
+// latencyRates: the brief's 20 Mbit/s; NETSHAPE_TUNE_RATES=20,100 (Mbit/s) for the sweep.
 func latencyRates() []float64 {
-	if os.Getenv("NETSHAPE_TUNE") == "1" {
-		return []float64{20e6, 100e6}
+	v := os.Getenv("NETSHAPE_TUNE_RATES")
+	if v == "" {
+		return []float64{20e6}
 	}
-	return []float64{20e6}
+	var out []float64
+	for _, f := range strings.Split(v, ",") {
+		if m, err := strconv.ParseFloat(f, 64); err == nil && m > 0 {
+			out = append(out, m*1e6)
+		}
+	}
+	return out
 }
+
+// ecnFloor: the least share of the rate a marked ECN sender must keep (see latencyRun).
+const ecnFloor = 0.95
 
 const (
-	rrCount    = 300
-	rrInterval = 10 * time.Millisecond
-	rrIdle     = 100
+	rrCount     = 300
+	rrInterval  = 10 * time.Millisecond
+	rrIdle      = 150
+	aloneWindow = 2 * time.Second
 )
 
 // TestVMLatencyUnderLoad: a bulk flow saturates a budget while a request/response flow (64 B
@@ -101,16 +126,49 @@ func latencyRun(t *testing.T, d Direction, rate float64, ecn bool, tu tuning) {
 		}
 		return l
 	}
-	// Idle first, through the same attached shaper: the RTT this guest has with no load.
-	idle := rr(rrIdle, 5*time.Millisecond)
+	// Idle first, through the same attached shaper: the RTT this guest has with no load. A few
+	// requests before it warm up the code paths (TCG translates each one on first use).
+	rr(10, time.Millisecond)
+	idle := rr(rrIdle, rrInterval)
 
-	f := startFlow(t, snd, sink.Addr().String(), warmup+20*time.Second)
-	time.Sleep(warmup)
+	f := startFlow(t, snd, sink.Addr().String(), warmup+aloneWindow+20*time.Second)
+	// The bulk flow alone first, so its rate beside the RR flow has a reference from the same run.
+	alone, elAlone := window([]*traffic.Sink{sink}, warmup, aloneWindow)
 	re0 := retransSegs(t, snd)
 	st0 := stats(t, s, name)
 	b0, t0 := sink.Bytes(), time.Now()
+	// The budget's backlog is the queueing delay the bulk flow gives itself (and any flow that is
+	// not sparse): what the horizon and CE marks are there to bound.
+	stopBacklog := make(chan struct{})
+	backlogs := make(chan []time.Duration, 1)
+	go func() {
+		var bl []time.Duration
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; i < 6000; i++ { // at most a minute
+			if st, err := s.Budget(name); err == nil {
+				bl = append(bl, st.Backlog)
+			}
+			select {
+			case <-tick.C:
+				continue
+			case <-stopBacklog:
+			}
+			break
+		}
+		backlogs <- bl
+	}()
 	loaded := rr(rrCount, rrInterval)
 	el := time.Since(t0)
+	close(stopBacklog)
+	bl := <-backlogs
+	slices.Sort(bl)
+	pct := func(p float64) float64 {
+		if len(bl) == 0 {
+			return -1
+		}
+		return ms(bl[min(len(bl)-1, int(p*float64(len(bl))))])
+	}
 	got := float64(sink.Bytes()-b0) * 8 / el.Seconds()
 	st := statsDelta(st0, stats(t, s, name))
 	re := retransSegs(t, snd) - re0
@@ -122,23 +180,33 @@ func latencyRun(t *testing.T, d Direction, rate float64, ecn bool, tu tuning) {
 	r := rateResult{dir: d, target: rate, achieved: got * wf, window: el, retrans: re, st: st, tol: tolerance(rate, el)}
 	added := loaded.P99Ms - idle.P50Ms
 	f2 := r.fields(map[string]any{
+		"alone_bps": alone[0] * wf, "alone_ratio": alone[0] * wf / rate, "alone_window_s": elAlone.Seconds(),
 		"tuning": tu.Name, "horizon_ms": ms(cfg.Horizon), "ce_threshold_ms": ms(cfg.CEThreshold), "sender_ecn": ecn,
 		"p50_ms": loaded.P50Ms, "p90_ms": loaded.P90Ms, "p99_ms": loaded.P99Ms, "max_ms": loaded.MaxMs,
 		"idle_p50_ms": idle.P50Ms, "idle_p99_ms": idle.P99Ms, "added_p99_ms": added,
+		"p99_over_idle_p99_ms": loaded.P99Ms - idle.P99Ms,
+		"backlog_p50_ms":       pct(0.5), "backlog_p99_ms": pct(0.99),
 		"latency_target":       fmt.Sprintf("p99 added RTT <= %s (egress)", targetAddedP99),
 		"meets_latency_target": added <= ms(targetAddedP99),
 	})
 	vmresult.Report(t, "latency_under_load", f2)
-	t.Logf("%s %s Mbit/s ecn=%v %s: bulk %s Mbit/s (ratio %.4f), RR p50/p99 %.2f/%.2f ms (idle %.2f/%.2f), retrans %d, delayed %d dropped %d marked %d express %d",
-		d, mbit(rate), ecn, tu.Name, mbit(r.achieved), r.ratio(), loaded.P50Ms, loaded.P99Ms, idle.P50Ms, idle.P99Ms,
-		re, st.Delayed, st.Dropped, st.Marked, st.Express)
+	t.Logf("%s %s Mbit/s ecn=%v %s: bulk alone %s, beside RR %s Mbit/s (ratio %.4f), RR p50/p99 %.2f/%.2f ms (idle %.2f/%.2f), retrans %d, delayed %d dropped %d marked %d express %d, backlog p50/p99 %.1f/%.1f ms",
+		d, mbit(rate), ecn, tu.Name, mbit(alone[0]*wf), mbit(r.achieved), r.ratio(), loaded.P50Ms, loaded.P99Ms, idle.P50Ms, idle.P99Ms,
+		re, st.Delayed, st.Dropped, st.Marked, st.Express, pct(0.5), pct(0.99))
 
-	r.check(t, "bulk flow beside RR")
+	if !ecn || cfg.CEThreshold <= 0 {
+		r.check(t, "bulk flow beside RR")
+	} else if r.ratio() < ecnFloor || r.ratio() > 1+r.tol {
+		// A CE mark makes a classic (CUBIC) sender cut its window by design: the rate it then
+		// uses is its own choice, not a shaper error, so the 1% target is reported, not asserted
+		// here. What is asserted: marking never lets it overshoot, and never collapses it.
+		t.Errorf("ECN sender beside RR: ratio %.4f, want %.2f..%.4f", r.ratio(), ecnFloor, 1+r.tol)
+	}
 	if bound := idle.P99Ms + ms(cfg.Horizon) + 10; loaded.P99Ms > bound {
 		t.Errorf("RR p99 %.2f ms under load, bound %.2f ms (idle p99 %.2f + horizon %s + 10 ms)",
 			loaded.P99Ms, bound, idle.P99Ms, cfg.Horizon)
 	}
-	if ecn && st.Dropped > 0 && st.Marked == 0 {
+	if ecn && cfg.CEThreshold > 0 && st.Dropped > 0 && st.Marked == 0 {
 		t.Errorf("ECN sender: %d drops and no CE marks", st.Dropped)
 	}
 	if err := s.RemoveBudget(name); err != nil {
