@@ -68,9 +68,10 @@ type app struct {
 }
 
 type world struct {
-	client   *nettest.Netns
-	clientIP string
-	apps     []*app
+	client    *nettest.Netns
+	clientIP  string
+	clientDev string // the client's end of its veth, inside client
+	apps      []*app
 }
 
 var subnetSeq atomic.Int32
@@ -87,7 +88,8 @@ func newWorld(t *testing.T, apps int) *world {
 		}
 	})
 	w := &world{client: newNetns(t, "cli")}
-	w.clientIP = newVeth(t, w.client, nextSubnet()).innerIP
+	cv := newVeth(t, w.client, nextSubnet())
+	w.clientIP, w.clientDev = cv.innerIP, cv.inner
 	for i := 0; i < apps; i++ {
 		ns := newNetns(t, "app")
 		v := newVeth(t, ns, nextSubnet())
