@@ -34,6 +34,9 @@ func tunings() []tuning {
 		{Name: "h20-ce5", Horizon: 20 * time.Millisecond, CEThreshold: 5 * time.Millisecond},
 		{Name: "h20-noce", Horizon: 20 * time.Millisecond, CEThreshold: -1},
 		{Name: "h100-ce2", Horizon: 100 * time.Millisecond, CEThreshold: 2 * time.Millisecond},
+		{Name: "h20-ce10", Horizon: 20 * time.Millisecond, CEThreshold: 10 * time.Millisecond},
+		{Name: "h40-ce10", Horizon: 40 * time.Millisecond, CEThreshold: 10 * time.Millisecond},
+		{Name: "h40-ce20", Horizon: 40 * time.Millisecond, CEThreshold: 20 * time.Millisecond},
 	}
 	sel := os.Getenv("NETSHAPE_TUNE")
 	switch sel {
