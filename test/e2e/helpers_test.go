@@ -56,6 +56,8 @@ func setup() (int, error) {
 			return p, nil
 		}
 		out := filepath.Join(tmp, name)
+		t0 := time.Now()
+		defer func() { fmt.Printf("e2e: built %s in %.1fs (set %s to skip)\n", pkg, time.Since(t0).Seconds(), env) }()
 		cmd := exec.Command("go", "build", "-o", out, pkg)
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
