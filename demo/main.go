@@ -67,7 +67,7 @@ func main() {
 func run(ctx context.Context, netshape, loadgen string, phase time.Duration) error {
 	say("Starting dockerd inside the VM (bridge %s) ...", bip)
 	t0 := time.Now()
-	d, err := guestdocker.Start(ctx, guestdocker.Options{StateDir: "/run/netshape-demo", Bip: bip})
+	d, err := guestdocker.Start(ctx, guestdocker.Options{StateDir: "/run/netshape-demo", DataRoot: "/var/lib/docker/netshape-demo", Bip: bip})
 	if err != nil {
 		return err
 	}

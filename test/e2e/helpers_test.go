@@ -79,7 +79,7 @@ func setup() (int, error) {
 func startDocker(t *testing.T, ctx context.Context, bip string) (*guestdocker.Daemon, *client.Client) {
 	t.Helper()
 	t0 := time.Now()
-	d, err := guestdocker.Start(ctx, guestdocker.Options{StateDir: "/run/nse2e", Bip: bip})
+	d, err := guestdocker.Start(ctx, guestdocker.Options{StateDir: "/run/nse2e", DataRoot: "/var/lib/docker/nse2e", Bip: bip})
 	if err != nil {
 		t.Fatal(err)
 	}
