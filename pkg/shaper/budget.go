@@ -36,8 +36,14 @@ type Budget struct {
 	// Horizon: a packet whose budget backlog before it exceeds this is dropped.
 	// Zero means DefaultHorizon(Rate).
 	Horizon time.Duration
-	// CEThreshold: above this backlog ECN-capable packets are CE-marked.
-	// Zero means DefaultCEThreshold(Rate); negative disables marking.
+	// CEThreshold: above this backlog ECN-capable packets are CE-marked
+	// (for DCTCP-like senders). Zero or negative: no marking, the default.
+	// Marking at a fixed backlog costs a classic-ECN (CUBIC) sender its rate
+	// at any RTT above ~2.5x the threshold: at 2 ms it kept 0.74-0.995 of the
+	// rate on a 1 ms path and 0.16-0.32 with 20 ms of RTT, while without marks
+	// every sender held 0.995-1.002 (docs/MEASUREMENTS.md, finding 5). Sparse
+	// flows get their latency from express and the horizon bounds the bulk
+	// queue, so marking buys nothing measurable by default.
 	CEThreshold time.Duration
 }
 
@@ -68,12 +74,6 @@ func DefaultHorizon(rate uint64) time.Duration {
 	return max(20*time.Millisecond, 8*frameTime(rate))
 }
 
-// DefaultCEThreshold is the marking threshold for a rate: 2 ms, or 2 full
-// frames at low rates, so one packet in flight never counts as congestion.
-func DefaultCEThreshold(rate uint64) time.Duration {
-	return max(2*time.Millisecond, 2*frameTime(rate))
-}
-
 func (b Budget) validate() error {
 	if b.Name == "" || len(b.Name) > maxNameLen || bytes.IndexByte([]byte(b.Name), 0) >= 0 {
 		return fmt.Errorf("%w: name %q must be 1..%d bytes without NUL", ErrBadBudget, b.Name, maxNameLen)
@@ -92,12 +92,7 @@ func (b Budget) cfg() edtBudgetCfg {
 	if h == 0 {
 		h = DefaultHorizon(b.Rate)
 	}
-	ce := b.CEThreshold
-	if ce == 0 {
-		ce = DefaultCEThreshold(b.Rate)
-	} else if ce < 0 {
-		ce = 0
-	}
+	ce := max(b.CEThreshold, 0)
 	return edtBudgetCfg{
 		RateBps:   b.Rate,
 		HorizonNs: uint64(h),
