@@ -48,3 +48,4 @@ clean:
 	rm -rf bin dist
 
 include test/vm/vm.mk
+include test/vm/demo.mk

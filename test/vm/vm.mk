@@ -14,7 +14,7 @@
 
 VM_OUT        ?= test/vm/out
 VM_KERNELS    ?= 6.1,6.12
-VM_TIMEOUT    ?= 5m
+VM_TIMEOUT    ?= 10m
 VM_TEST_RUN   ?=
 VM_FLAGS      ?=
 
@@ -30,7 +30,8 @@ VM_TEST_FLAGS  = -test.v -test.count=1 $(if $(VM_TEST_RUN),-test.run '$(VM_TEST_
 # ./pkg/shaper/ -> pkg_shaper.test
 vm_bin         = $(subst /,_,$(patsubst ./%,%,$(patsubst %/,%,$(1)))).test
 VM_RUN         = $(VM_OUT)/vmrun -init $(VM_OUT)/init -out $(VM_OUT) -kernels $(VM_KERNELS) \
-                 -timeout $(VM_TIMEOUT) -env NETSHAPE_LOADGEN=$(VM_ABS_OUT)/loadgen $(VM_FLAGS)
+                 -timeout $(VM_TIMEOUT) -env NETSHAPE_LOADGEN=$(VM_ABS_OUT)/loadgen \
+                 -env NETSHAPE_BIN=$(VM_ABS_OUT)/dokku-netshape $(VM_FLAGS)
 vm_cmd         = -cmd 'cd $(1) && $(VM_ABS_OUT)/bin/$(call vm_bin,$(1)) $(VM_TEST_FLAGS)'
 
 .PHONY: vm-deps vm-kernels vm-tools vm-bins vm-smoke vm-test vm-shell vm-clean
@@ -46,6 +47,7 @@ vm-tools:
 	@mkdir -p $(VM_OUT)/bin
 	CGO_ENABLED=0 go build -o $(VM_OUT)/init ./test/vm/guestinit
 	CGO_ENABLED=0 go build -o $(VM_OUT)/loadgen ./test/tools/loadgen
+	CGO_ENABLED=0 go build -o $(VM_OUT)/dokku-netshape ./cmd/dokku-netshape
 	go build -o $(VM_OUT)/vmrun ./test/vm/vmrun
 
 vm-bins: vm-tools
