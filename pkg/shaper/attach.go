@@ -82,6 +82,11 @@ func (s *Shaper) Attach(dev Device, budget string, opts AttachOptions) (Attachme
 	if !found {
 		return Attachment{}, fmt.Errorf("attach %s to budget %q: %w", dev, budget, ErrNoBudget)
 	}
+	// The registry stores both; a truncated path would later look like a
+	// vanished namespace and get the attachment pruned.
+	if len(dev.Netns) >= netnsPathLen || len(dev.Name) >= ifnameLen {
+		return Attachment{}, fmt.Errorf("device %s: namespace path must be under %d bytes and name under %d", dev, netnsPathLen, ifnameLen)
+	}
 	ns, err := openNetns(dev)
 	if err != nil {
 		return Attachment{}, err
@@ -120,7 +125,7 @@ func (s *Shaper) Attach(dev Device, budget string, opts AttachOptions) (Attachme
 	if havePrev {
 		val.Flags = prev.Flags
 	}
-	val.setPath(ns.path, dev.Netns, dev.Name)
+	val.setDevice(dev)
 
 	mode, createdClsact, err := s.attachProg(ns, l, key, prog, dev)
 	if err != nil {

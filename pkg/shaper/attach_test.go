@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -131,6 +132,10 @@ func TestRootAttachErrorsNameTheDevice(t *testing.T) {
 	_, err = s.Attach(Device{Netns: "/run/netns/does-not-exist", Name: "eth0"}, "b", AttachOptions{})
 	if !errors.Is(err, ErrNoNetns) {
 		t.Fatalf("missing netns: %v, want ErrNoNetns", err)
+	}
+	long := Device{Netns: "/run/netns/" + strings.Repeat("x", netnsPathLen), Name: "eth0"}
+	if _, err := s.Attach(long, "b", AttachOptions{}); err == nil || !strings.Contains(err.Error(), "must be under 128 bytes") {
+		t.Fatalf("over-long netns path: %v", err)
 	}
 	for _, bad := range []Budget{{Name: "", Rate: 1}, {Name: "x", Rate: 0}, {Name: "x", Rate: MaxRate + 1}, {Name: string(make([]byte, 128)), Rate: 1}} {
 		if err := s.UpsertBudget(bad); !errors.Is(err, ErrBadBudget) {

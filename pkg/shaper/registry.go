@@ -38,9 +38,9 @@ type devVal struct {
 	Name  [ifnameLen]byte
 }
 
-func (v *devVal) setPath(_ string, netnsPath, name string) {
-	copy(v.Netns[:], netnsPath)
-	copy(v.Name[:], name)
+func (v *devVal) setDevice(d Device) {
+	copy(v.Netns[:], d.Netns)
+	copy(v.Name[:], d.Name)
 }
 
 func cstr(b []byte) string { return string(bytes.TrimRight(b, "\x00")) }
