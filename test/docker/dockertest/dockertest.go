@@ -53,6 +53,11 @@ func Need(t testing.TB) *client.Client {
 	}
 	if err != nil {
 		msg := fmt.Sprintf("no Docker daemon (start one with .ci/docker-up.sh): %v", err)
+		if os.Getenv("NETSHAPE_VM") == "1" {
+			// Inside a make vm-test guest the host's socket is hidden on purpose: these tests
+			// run against the host's dockerd in the same CI run; test/e2e covers dockerd in guests.
+			t.Skip("Docker tests run on the host, not in VM guests: " + msg)
+		}
 		if os.Getenv("CI") == "true" {
 			t.Fatal(msg)
 		}
