@@ -83,6 +83,7 @@ func TestRootBadInput(t *testing.T) {
 		{name: "rate-zero", argv: []string{"set", "shop", "--egress", "0"}, want: `--egress: invalid rate "0": rate must be greater than zero`},
 		{name: "rate-negative", argv: []string{"set", "shop", "--ingress", "-5mbit"}, want: `--ingress: invalid rate "-5mbit": negative rate`},
 		{name: "rate-too-big", argv: []string{"set", "shop", "--network", "2tbit"}, want: "--network: 2tbit is above the largest enforceable rate, 1tbit"},
+		{name: "rate-too-small", argv: []string{"set", "shop", "--egress", "9999bit"}, want: "--egress: 9999bit is below the smallest enforceable rate, 10kbit"},
 		{name: "rate-empty", argv: []string{"set", "shop", "--network", ""}, want: `--network: invalid rate "": empty rate`},
 		{name: "rate-missing", argv: []string{"set", "shop", "--egress"}, want: "set: flag needs an argument: --egress"},
 		{name: "rate-bad-with-good-memory", argv: []string{"set", "shop", "--memory", "64m", "--egress", "20xbit"}, want: `--egress: invalid rate "20xbit": unknown unit: "xbit" (want bit, kbit, mbit, gbit, tbit, bps, kbps, mbps, gbps, tbps or an IEC kibit…tibps)`},

@@ -131,6 +131,9 @@ func networkChanges(c *cli.Context) (map[dokku.ResourceType]string, error) {
 		if uint64(r) > shaper.MaxRate {
 			return nil, fmt.Errorf("--%s: %s is above the largest enforceable rate, 1tbit", f.flag, c.String(f.flag))
 		}
+		if uint64(r) < shaper.MinRate {
+			return nil, fmt.Errorf("--%s: %s is below the smallest enforceable rate, 10kbit", f.flag, c.String(f.flag))
+		}
 		out[f.typ] = r.String()
 	}
 	return out, nil
@@ -328,13 +331,12 @@ func applyCommand() *cli.Command {
 				}
 			}
 			return asRoot(c.Context, args, func() error {
-				if err := applyApps(c.Context, apps, c.Bool("force")); err != nil {
-					return err
-				}
+				err := applyApps(c.Context, apps, c.Bool("force"))
 				if c.Bool("all") {
-					return removeStale(env, apps)
+					// Deleted apps are cleaned up even when some live app could not be shaped.
+					err = errors.Join(err, removeStale(env, apps))
 				}
-				return nil
+				return err
 			})
 		},
 	}
@@ -410,14 +412,18 @@ func removeStale(env dokku.Env, apps []string) error {
 		if err != nil {
 			return err
 		}
+		var gone []string
 		for _, b := range budgets {
 			app, _, _ := strings.Cut(b.Name, "/")
-			if !slices.Contains(apps, app) {
-				if err := r.Remove(app); err != nil {
-					return err
-				}
-				fmt.Printf("-----> Removed limits of deleted app %s\n", app)
+			if !slices.Contains(apps, app) && !slices.Contains(gone, app) {
+				gone = append(gone, app)
 			}
+		}
+		for _, app := range gone {
+			if err := r.Remove(app); err != nil {
+				return err
+			}
+			fmt.Printf("-----> Removed limits of deleted app %s\n", app)
 		}
 		return nil
 	})

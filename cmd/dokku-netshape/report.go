@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -64,7 +65,7 @@ func parseReportArgs(args []string) (reportArgs, error) {
 			ra.format, formatSet = v, true
 		case strings.HasPrefix(a, "--netshape-"):
 			f := strings.TrimPrefix(a, "--netshape-")
-			if !contains(reportFields, f) {
+			if !slices.Contains(reportFields, f) {
 				return ra, fmt.Errorf("%s: unknown field; fields: --netshape-%s", a, strings.Join(reportFields, ", --netshape-"))
 			}
 			if ra.field != "" {
@@ -84,15 +85,6 @@ func parseReportArgs(args []string) (reportArgs, error) {
 		return ra, errors.New("--format cannot be combined with --netshape-FIELD")
 	}
 	return ra, nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func runReport(ctx context.Context, args []string, out io.Writer) error {

@@ -76,6 +76,7 @@ type Unshaped struct {
 	Process   string
 	Interface string // "" when the whole container was skipped
 	Direction Direction
+	Budget    string // set when a stale attachment could not be removed
 	Reason    string
 	Err       error // nil for conditions that are not failures (e.g. host network)
 }
@@ -226,7 +227,10 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 			continue // attached (or moved to its new budget) above
 		}
 		if err := r.Shaper.Detach(a.Device); err != nil {
-			return res, fmt.Errorf("%s: %w", app, err)
+			// Keep going: the rest of the app still needs reconciling and reporting.
+			res.Unshaped = append(res.Unshaped, Unshaped{Interface: a.Device.Name, Budget: a.Budget,
+				Reason: "could not detach a limit no longer configured", Err: err})
+			continue
 		}
 		res.Removed = append(res.Removed, a)
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -30,6 +31,10 @@ const (
 	// single bulk flow legitimately holds a horizon's worth of packets.
 	fqFlowPacketLimit = 10000
 	fqPacketLimit     = 20000
+
+	// fqHorizon: fq drops packets stamped further ahead than this. It must
+	// exceed anything a budget stamps (2x its horizon, see Budget.validate).
+	fqHorizon = 60 * time.Second
 )
 
 // Mode says how a program is attached.
@@ -231,6 +236,7 @@ func ourFq(l netlink.Link) *netlink.Fq {
 	fq := netlink.NewFq(netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Handle: fqHandle, Parent: netlink.HANDLE_ROOT})
 	fq.FlowPacketLimit = fqFlowPacketLimit
 	fq.PacketLimit = fqPacketLimit
+	fq.Horizon = uint32(fqHorizon / time.Microsecond) // netlink wants microseconds
 	return fq
 }
 
@@ -301,13 +307,20 @@ func attachLegacy(ns *nsRef, l netlink.Link, prog *ebpf.Program, dev Device) (bo
 	} else if !errors.Is(err, unix.EEXIST) {
 		return false, fmt.Errorf("device %s: add clsact qdisc: %w", dev, err)
 	}
+	undo := func() {
+		if created {
+			ns.nl.QdiscDel(clsact(l))
+		}
+	}
 	filters, err := ns.nl.FilterList(l, netlink.HANDLE_MIN_EGRESS)
 	if err != nil {
-		return created, fmt.Errorf("device %s: list egress filters: %w", dev, err)
+		undo()
+		return false, fmt.Errorf("device %s: list egress filters: %w", dev, err)
 	}
 	for _, f := range filters {
 		if f.Attrs().Priority == legacyPrio && !isOurFilter(f) {
-			return created, fmt.Errorf("device %s: a foreign filter (%s) holds priority %d at egress", dev, f.Type(), legacyPrio)
+			undo()
+			return false, fmt.Errorf("device %s: a foreign filter (%s) holds priority %d at egress", dev, f.Type(), legacyPrio)
 		}
 	}
 	f := &netlink.BpfFilter{
@@ -323,9 +336,7 @@ func attachLegacy(ns *nsRef, l netlink.Link, prog *ebpf.Program, dev Device) (bo
 		DirectAction: true,
 	}
 	if err := ns.nl.FilterReplace(f); err != nil {
-		if created {
-			ns.nl.QdiscDel(clsact(l))
-		}
+		undo()
 		return false, fmt.Errorf("device %s: add cls_bpf filter: %w", dev, err)
 	}
 	return created, nil

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -137,7 +138,7 @@ func TestRootAttachErrorsNameTheDevice(t *testing.T) {
 	if _, err := s.Attach(long, "b", AttachOptions{}); err == nil || !strings.Contains(err.Error(), "must be under 128 bytes") {
 		t.Fatalf("over-long netns path: %v", err)
 	}
-	for _, bad := range []Budget{{Name: "", Rate: 1}, {Name: "x", Rate: 0}, {Name: "x", Rate: MaxRate + 1}, {Name: string(make([]byte, 128)), Rate: 1}} {
+	for _, bad := range []Budget{{Name: "", Rate: 1}, {Name: "x", Rate: 0}, {Name: "x", Rate: MinRate - 1}, {Name: "x", Rate: MaxRate + 1}, {Name: "x", Rate: MinRate, Horizon: 31 * time.Second}, {Name: string(make([]byte, 128)), Rate: 1}} {
 		if err := s.UpsertBudget(bad); !errors.Is(err, ErrBadBudget) {
 			t.Errorf("UpsertBudget(%q, %d): %v, want ErrBadBudget", bad.Name, bad.Rate, err)
 		}

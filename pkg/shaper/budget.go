@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"runtime"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -18,6 +17,11 @@ const (
 	// MaxRate is the largest rate a budget accepts (1 Tbit/s): beyond it the
 	// per-packet cost rounds to zero nanoseconds and nothing would be enforced.
 	MaxRate = 1_000_000_000_000
+
+	// MinRate is the smallest (10 kbit/s): the default horizon is 8 frames,
+	// about 10 s here, and express may reach twice that; fq must never hold a
+	// stamp beyond its own horizon (fqHorizon), or it drops what we charged.
+	MinRate = 10_000
 
 	// wireMTU is one full Ethernet frame, the unit the default thresholds are counted in.
 	wireMTU = 1514
@@ -78,8 +82,11 @@ func (b Budget) validate() error {
 	if b.Name == "" || len(b.Name) > maxNameLen || bytes.IndexByte([]byte(b.Name), 0) >= 0 {
 		return fmt.Errorf("%w: name %q must be 1..%d bytes without NUL", ErrBadBudget, b.Name, maxNameLen)
 	}
-	if b.Rate == 0 || b.Rate > MaxRate {
-		return fmt.Errorf("%w %q: rate %d bit/s is outside 1..%d", ErrBadBudget, b.Name, b.Rate, uint64(MaxRate))
+	if b.Rate < MinRate || b.Rate > MaxRate {
+		return fmt.Errorf("%w %q: rate %d bit/s is outside %d..%d", ErrBadBudget, b.Name, b.Rate, uint64(MinRate), uint64(MaxRate))
+	}
+	if h := b.cfg().HorizonNs; 2*time.Duration(h) > fqHorizon {
+		return fmt.Errorf("%w %q: horizon %s is over half of fq's %s", ErrBadBudget, b.Name, time.Duration(h), fqHorizon)
 	}
 	if b.Horizon < 0 {
 		return fmt.Errorf("%w %q: negative horizon %s", ErrBadBudget, b.Name, b.Horizon)
@@ -119,18 +126,19 @@ func (s *Shaper) UpsertBudget(b Budget) error {
 		if id, err = s.allocateID(b.Name); err != nil {
 			return err
 		}
-		// State and counters first, config last: the datapath enforces a
-		// budget only once its config exists, so it never sees half of one.
-		if err := s.maps.NetshapeState.Update(id, edtBudgetState{}, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
-			return fmt.Errorf("create state of budget %q: %w", b.Name, err)
-		}
-		zero := make([]edtBudgetStats, runtime.NumCPU())
-		if n, err := ebpf.PossibleCPU(); err == nil {
-			zero = make([]edtBudgetStats, n)
-		}
-		if err := s.maps.NetshapeStats.Update(id, zero, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("create counters of budget %q: %w", b.Name, err)
-		}
+	}
+	// State and counters before config, and on every upsert: the datapath
+	// enforces a budget only once all three exist, and a run that died
+	// between allocating the name and writing the config is repaired here.
+	if err := s.maps.NetshapeState.Update(id, edtBudgetState{}, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		return fmt.Errorf("create state of budget %q: %w", b.Name, err)
+	}
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return fmt.Errorf("count CPUs for the counters of budget %q: %w", b.Name, err)
+	}
+	if err := s.maps.NetshapeStats.Update(id, make([]edtBudgetStats, ncpu), ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		return fmt.Errorf("create counters of budget %q: %w", b.Name, err)
 	}
 	cfg := b.cfg()
 	if err := s.maps.NetshapeCfg.Update(id, cfg, ebpf.UpdateAny); err != nil {
@@ -217,6 +225,9 @@ func (s *Shaper) Budgets() ([]BudgetStatus, error) {
 	out := make([]BudgetStatus, 0, len(names))
 	for id, name := range names {
 		st, err := s.status(id, name)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			continue // named but never configured: an interrupted upsert, not a budget
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -31,11 +31,10 @@ func (d Device) String() string {
 
 // nsRef is an open network namespace and a netlink handle inside it.
 type nsRef struct {
-	path  string
-	ino   uint64
-	ns    netns.NsHandle
-	nl    *netlink.Handle
-	owned bool // ns must be closed by us
+	path string
+	ino  uint64
+	ns   netns.NsHandle
+	nl   *netlink.Handle
 }
 
 // hostNetns is the namespace this process started in, captured before any
@@ -82,14 +81,12 @@ func openNetns(d Device) (*nsRef, error) {
 		ns.Close()
 		return nil, fmt.Errorf("device %s: netlink in its namespace: %w", d, err)
 	}
-	return &nsRef{path: path, ino: st.Ino, ns: ns, nl: h, owned: true}, nil
+	return &nsRef{path: path, ino: st.Ino, ns: ns, nl: h}, nil
 }
 
 func (r *nsRef) close() {
 	r.nl.Close()
-	if r.owned {
-		r.ns.Close()
-	}
+	r.ns.Close()
 }
 
 func (r *nsRef) link(d Device) (netlink.Link, error) {

@@ -127,15 +127,17 @@ func (s *Shaper) alive(a Attachment) bool {
 	if nsIno(a.Device) != a.NetnsIno {
 		return false
 	}
+	// Only a namespace or device that is provably gone counts as dead: on any
+	// other error (EMFILE, EPERM) keep the attachment, since pruning a live one
+	// would unshape it.
 	ns, err := openNetns(a.Device)
 	if err != nil {
-		return false
+		return !errors.Is(err, ErrNoNetns)
 	}
 	defer ns.close()
-	l, err := ns.nl.LinkByIndex(a.Ifindex)
-	if err != nil {
+	if _, err := ns.nl.LinkByIndex(a.Ifindex); err != nil {
 		var nf netlink.LinkNotFoundError
-		return !errors.As(err, &nf) // unsure: keep it
+		return !errors.As(err, &nf)
 	}
-	return l.Attrs().Name == a.Device.Name
+	return true
 }

@@ -203,7 +203,7 @@ func TestRootEDTSpacing(t *testing.T) {
 		{20_000_000, []uint64{3100, 64000, 3100}},
 		{123_456_789, []uint64{7777, 4321}},
 	} {
-		b := newTestBudget(t, s, Budget{Name: "spacing", Rate: tc.rate, Horizon: time.Minute})
+		b := newTestBudget(t, s, Budget{Name: "spacing", Rate: tc.rate, Horizon: 20 * time.Second})
 		want := b.setClock(time.Second)
 		for i, l := range tc.wireLen {
 			r := run(t, b.prog, packet(0x0800, 0, uint16(2000+i)), uint32(l), 0)
@@ -322,27 +322,27 @@ func TestRootEDTMarksCE(t *testing.T) {
 
 func TestRootEDTExpressForSparseFlows(t *testing.T) {
 	s := openTestShaper(t)
-	// 1 kbit/s: a 100-byte packet costs 0.8 s, so "the flow still has a
-	// packet in its slot" holds however slowly the test runs.
-	const rate = 1000
+	// At the lowest rate a 3000-byte packet costs 2.4 s, so "the flow still
+	// has a packet in its slot" holds however slowly the test runs.
+	const rate = MinRate
 	b := newTestBudget(t, s, Budget{Name: "express", Rate: rate})
-	clock := b.setClock(5 * time.Second)
+	clock := b.setClock(3 * time.Second) // + 2 packets stays under the ~9.7 s horizon
 
 	// A small packet of an idle flow leaves now, but is charged to the budget.
-	r := run(t, b.prog, packet(0x0800, 0, 4242), 100, 0)
+	r := run(t, b.prog, packet(0x0800, 0, 4242), 3000, 0)
 	if r.tstamp < r.before || r.tstamp > r.after {
 		t.Fatalf("sparse packet waited: departure %d, run [%d, %d]", r.tstamp, r.before, r.after)
 	}
-	clock += cost(100, rate)
+	clock += cost(3000, rate)
 	if got := b.clock(); got != clock {
 		t.Fatalf("express packet not charged: clock %d, want %d", got, clock)
 	}
 	// The same flow's next packet has its own predecessor in flight: it queues.
-	r = run(t, b.prog, packet(0x0800, 0, 4242), 100, 0)
+	r = run(t, b.prog, packet(0x0800, 0, 4242), 3000, 0)
 	if r.tstamp != clock {
 		t.Fatalf("second packet of the flow: departure %d, want budget clock %d", r.tstamp, clock)
 	}
-	clock += cost(100, rate)
+	clock += cost(3000, rate)
 	// A large packet of another idle flow is bulk: it queues too.
 	r = run(t, b.prog, packet(0x0800, 0, 4343), expressBytes+1, 0)
 	if r.tstamp != clock {
@@ -355,17 +355,17 @@ func TestRootEDTExpressForSparseFlows(t *testing.T) {
 
 func TestRootEDTExpressIsBounded(t *testing.T) {
 	s := openTestShaper(t)
-	const rate = 1000
+	const rate = MinRate
 	horizon := 10 * time.Second
 	b := newTestBudget(t, s, Budget{Name: "bounded", Rate: rate, Horizon: horizon})
 	// Beyond twice the horizon even a sparse packet is dropped.
 	b.setClock(2*horizon + time.Second)
-	if r := run(t, b.prog, packet(0x0800, 0, 999), 100, 0); r.ret != tcActShot {
+	if r := run(t, b.prog, packet(0x0800, 0, 999), 3000, 0); r.ret != tcActShot {
 		t.Fatalf("sparse packet beyond 2x horizon: verdict %d, want drop", int32(r.ret))
 	}
 	// Between the horizon and twice it, a sparse packet still goes express.
 	b.setClock(horizon + time.Second)
-	if r := run(t, b.prog, packet(0x0800, 0, 998), 100, 0); r.ret != tcActUnspc || r.tstamp > r.after {
+	if r := run(t, b.prog, packet(0x0800, 0, 998), 3000, 0); r.ret != tcActUnspc || r.tstamp > r.after {
 		t.Fatalf("sparse packet within 2x horizon: verdict %d departure %d, want express", int32(r.ret), r.tstamp)
 	}
 }
@@ -373,7 +373,7 @@ func TestRootEDTExpressIsBounded(t *testing.T) {
 func TestRootEDTCountsEveryEthertype(t *testing.T) {
 	s := openTestShaper(t)
 	const rate = 8_000_000
-	b := newTestBudget(t, s, Budget{Name: "ethertypes", Rate: rate, Horizon: time.Minute})
+	b := newTestBudget(t, s, Budget{Name: "ethertypes", Rate: rate, Horizon: 20 * time.Second})
 	want := b.setClock(time.Second)
 	for i, et := range []uint16{0x0800, 0x86dd, 0x0806, 0x88cc} {
 		r := run(t, b.prog, packet(et, 0, uint16(i)), 4000, 0)
@@ -389,14 +389,14 @@ func TestRootEDTCountsEveryEthertype(t *testing.T) {
 
 func TestRootEDTUnknownBudgetPasses(t *testing.T) {
 	s := openTestShaper(t)
-	newTestBudget(t, s, Budget{Name: "gone", Rate: 1000})
+	newTestBudget(t, s, Budget{Name: "gone", Rate: MinRate})
 	// Another process's program instance for the budget stays loaded.
 	s2, err := Open(Options{PinDir: s.PinDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s2.Close()
-	b := newTestBudget(t, s2, Budget{Name: "gone", Rate: 1000})
+	b := newTestBudget(t, s2, Budget{Name: "gone", Rate: MinRate})
 	if err := s.RemoveBudget("gone"); err != nil {
 		t.Fatal(err)
 	}
@@ -418,8 +418,8 @@ func TestRootEDTSharedBudgetAcrossProgramsAndCPUs(t *testing.T) {
 	}
 	defer s2.Close()
 	const rate = 1_000_000_000
-	b := newTestBudget(t, s, Budget{Name: "shared", Rate: rate, Horizon: 24 * time.Hour, CEThreshold: -1})
-	b2 := newTestBudget(t, s2, Budget{Name: "shared", Rate: rate, Horizon: 24 * time.Hour, CEThreshold: -1})
+	b := newTestBudget(t, s, Budget{Name: "shared", Rate: rate, Horizon: 20 * time.Second, CEThreshold: -1})
+	b2 := newTestBudget(t, s2, Budget{Name: "shared", Rate: rate, Horizon: 20 * time.Second, CEThreshold: -1})
 	if b.id != b2.id || b.prog == b2.prog {
 		t.Fatalf("want one budget id and two program instances, got ids %d/%d", b.id, b2.id)
 	}
@@ -459,10 +459,10 @@ func TestRootEDTSharedBudgetAcrossProgramsAndCPUs(t *testing.T) {
 
 func TestRootBudgetRateChangeInPlace(t *testing.T) {
 	s := openTestShaper(t)
-	b := newTestBudget(t, s, Budget{Name: "live", Rate: 20_000_000, Horizon: time.Minute})
+	b := newTestBudget(t, s, Budget{Name: "live", Rate: 20_000_000, Horizon: 20 * time.Second})
 	clock := b.setClock(time.Second)
 	run(t, b.prog, packet(0x0800, 0, 1), 5000, 0)
-	if err := s.UpsertBudget(Budget{Name: "live", Rate: 50_000_000, Horizon: time.Minute}); err != nil {
+	if err := s.UpsertBudget(Budget{Name: "live", Rate: 50_000_000, Horizon: 20 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	// Same id, same clock, same counters: only the rate changed.
@@ -492,7 +492,7 @@ func TestRootBudgetRateChangeInPlace(t *testing.T) {
 
 func TestRootBudgetRemoveLeavesNothing(t *testing.T) {
 	s := openTestShaper(t)
-	b := newTestBudget(t, s, Budget{Name: "temp", Rate: 1000})
+	b := newTestBudget(t, s, Budget{Name: "temp", Rate: MinRate})
 	run(t, b.prog, packet(0x0800, 0, 1), 100, 0)
 	if err := s.RemoveBudget("temp"); err != nil {
 		t.Fatal(err)

@@ -79,7 +79,8 @@ func (w *Watcher) consume(ctx context.Context, events <-chan containers.Event, e
 				continue
 			}
 			due[ev.App] = time.Now().Add(settle)
-			timer.Reset(settle)
+			// Fire at the earliest due app, so a busy app cannot starve a quiet one.
+			timer.Reset(time.Until(earliest(due)))
 		case err, ok := <-errs:
 			if !ok {
 				return errors.New("closed")
@@ -118,4 +119,14 @@ func (w *Watcher) logf(format string, args ...any) {
 	if w.Log != nil {
 		fmt.Fprintf(w.Log, format+"\n", args...)
 	}
+}
+
+func earliest(due map[string]time.Time) time.Time {
+	var first time.Time
+	for _, at := range due {
+		if first.IsZero() || at.Before(first) {
+			first = at
+		}
+	}
+	return first
 }
