@@ -20,7 +20,7 @@ import (
 )
 
 // DefaultScope is Dokku's process type for "every process type".
-const DefaultScope = "_default_"
+const DefaultScope = dokku.DefaultProcess
 
 // Docker's bounds (docker run reference): --memory at least 6 MiB, --cpus in
 // steps of 0.01 up to the host's CPU count, --blkio-weight 10..1000.

@@ -32,7 +32,7 @@ const (
 )
 
 // DefaultScope is Dokku's name for "every process type".
-const DefaultScope = "_default_"
+const DefaultScope = dokku.DefaultProcess
 
 // Lister finds an app's running deploy containers (pkg/containers in production).
 type Lister interface {
