@@ -15,7 +15,7 @@ func BenchmarkEDTPacket(b *testing.B) {
 	}{{"bulk-9000B", 9000}, {"sparse-100B", 100}} {
 		b.Run(tc.name, func(b *testing.B) {
 			s := openBenchShaper(b)
-			if err := s.UpsertBudget(Budget{Name: "bench", Rate: 10_000_000_000, Horizon: time.Hour}); err != nil {
+			if err := s.UpsertBudget(Budget{Name: "bench", Rate: 10_000_000_000, Horizon: 20 * time.Second}); err != nil {
 				b.Fatal(err)
 			}
 			id, _, _ := s.lookupID("bench")
