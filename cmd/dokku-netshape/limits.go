@@ -22,7 +22,7 @@ var deviceResolver limits.DeviceResolver
 func limitsRequest(c *cli.Context, app, proc string) (limits.Request, error) {
 	r := limits.Request{
 		Devices: deviceResolver,
-		App: app, Process: proc,
+		App:     app, Process: proc,
 		Memory: c.String("memory"), MemorySwap: c.String("memory-swap"), CPUs: c.String("cpus"),
 		BlkioWeight:     c.String("blkio-weight"),
 		DeviceReadBps:   c.StringSlice("device-read-bps"),
