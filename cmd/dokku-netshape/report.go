@@ -138,7 +138,7 @@ func runReport(ctx context.Context, args []string, out io.Writer) error {
 				// The field's lines stay one per app; the causes go here.
 				var causes []string
 				for _, app := range names {
-					causes = append(causes, app+": "+failed[app].Error())
+					causes = append(causes, fmt.Sprintf("%s (%s)", app, printableLine(failed[app].Error())))
 				}
 				return fmt.Errorf("report failed for %s", strings.Join(causes, "; "))
 			}

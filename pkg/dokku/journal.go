@@ -59,7 +59,7 @@ func (j *Journal) save(path, tmpDir string) error {
 	case err != nil:
 		return fmt.Errorf("save %s for undo: %w", path, err)
 	case !fi.Mode().IsRegular():
-		return fmt.Errorf("save %s for undo: not a regular file (%s)", path, fi.Mode().Type())
+		return fmt.Errorf("save %s for undo: not a regular file", path)
 	default:
 		if s.content, err = os.ReadFile(path); err != nil {
 			return fmt.Errorf("save %s for undo: %w", path, err)
