@@ -65,7 +65,7 @@ func (e Env) LockConfig(timeout time.Duration) (unlock func(), err error) {
 		// Polling, not a blocking flock: a blocked flock cannot be given up
 		// after a timeout. Each holder keeps the lock for milliseconds.
 		time.Sleep(min(wait, time.Until(deadline)))
-		wait = min(2*wait, 50*time.Millisecond)
+		wait = min(2*wait, 10*time.Millisecond)
 	}
 }
 
