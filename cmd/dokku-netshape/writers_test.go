@@ -1,17 +1,24 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/blkiodev"
+	"github.com/docker/docker/api/types/container"
+
 	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
+	"github.com/dokku-netshape/dokku-netshape/pkg/limits"
+	"github.com/dokku-netshape/dokku-netshape/pkg/size"
 	"github.com/dokku-netshape/dokku-netshape/test/docker/dockertest"
 	"github.com/dokku-netshape/dokku-netshape/test/nettest"
 )
@@ -239,5 +246,87 @@ func TestDockerReportBrokenApp(t *testing.T) {
 	o = mustRun(t, "dokku-netshape", "report", "zzz", "--netshape-egress")
 	if o.stdout != "2mbit\n" {
 		t.Errorf("report zzz:\n%s", o)
+	}
+}
+
+// hostBlockDevice returns /dev/NAME of a block device of this host (a
+// disk rather than a loop device when there is one).
+func hostBlockDevice(t *testing.T) string {
+	t.Helper()
+	ents, err := os.ReadDir("/sys/block")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var loops []string
+	for _, ent := range ents {
+		dev := "/dev/" + ent.Name()
+		if _, err := limits.BlockDevice(dev); err != nil {
+			continue
+		}
+		if strings.HasPrefix(ent.Name(), "loop") || strings.HasPrefix(ent.Name(), "zram") || strings.HasPrefix(ent.Name(), "ram") {
+			loops = append(loops, dev)
+			continue
+		}
+		return dev
+	}
+	if len(loops) > 0 {
+		return loops[0]
+	}
+	t.Fatal("no block device under /dev on this Docker host: device limits cannot be tried")
+	return ""
+}
+
+// Issue 8, finding 2, against a real dockerd: set accepts a device limit
+// exactly when Docker can start a container with it. The accepted line is
+// read back from docker-options and given to Docker as Dokku would pass it;
+// each refused argument, given to Docker as is, makes the container fail.
+func TestDockerDeviceLimitsDockerCanApply(t *testing.T) {
+	nettest.RequireRoot(t)
+	cli := dockertest.Need(t)
+	defer func(r limits.DeviceResolver) { deviceResolver = r }(deviceResolver)
+	deviceResolver = nil // this host's /dev, as on a server
+	e := newCLIEnv(t)
+	e.AddApp("shop", "web", 1)
+	disk := hostBlockDevice(t)
+	for _, tc := range []struct {
+		arg    string
+		accept bool
+	}{
+		{disk + ":10mb", true},
+		{"/dev/null:10mb", false},
+		{"/dev/../etc/passwd:1mb", false},
+		{"/dev/netshape-no-such-disk:1mb", false},
+	} {
+		o := capture(t, "dokku-netshape", "set", "shop", "--device-read-bps", tc.arg, "--no-apply")
+		if (o.code == 0) != tc.accept {
+			t.Errorf("set --device-read-bps %s: accepted=%v, want %v\n%s", tc.arg, o.code == 0, tc.accept, o)
+			continue
+		}
+		given := tc.arg
+		if tc.accept {
+			lines := readList(t, e.PropertyPath("docker-options", "shop", "_default_.deploy"))
+			want := "--device-read-bps=" + tc.arg
+			if !slices.Contains(lines, want) {
+				t.Fatalf("docker-options %q, want %q", lines, want)
+			}
+			given = strings.TrimPrefix(want, "--device-read-bps=")
+		}
+		path, val, _ := strings.Cut(given, ":")
+		rate, err := size.Parse(val)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := dockertest.Run(t, cli, dockertest.Spec{
+			Name:    "netshape-devlimit-" + nettest.Suffix(),
+			Cmd:     []string{"/app", "--help"},
+			NoStart: true,
+			Host: func(hc *container.HostConfig) {
+				hc.BlkioDeviceReadBps = []*blkiodev.ThrottleDevice{{Path: path, Rate: uint64(rate)}}
+			},
+		})
+		err = cli.ContainerStart(context.Background(), id, container.StartOptions{})
+		if (err == nil) != tc.accept {
+			t.Errorf("docker start with --device-read-bps %s: %v (set accepted it: %v)", given, err, tc.accept)
+		}
 	}
 }
