@@ -156,6 +156,13 @@ func (e Env) Change(lockTimeout time.Duration, fn func(Env) error) (err error) {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	j := &Journal{}
+	defer func() {
+		// A panic half-way is a failure too: undo, then let it go on.
+		if p := recover(); p != nil {
+			j.Rollback(e)
+			panic(p)
+		}
+	}()
 	err = fn(e.WithJournal(j))
 	if err == nil {
 		select {

@@ -191,3 +191,32 @@ func TestConfigLockRefusesSymlink(t *testing.T) {
 		t.Fatal("lock taken through a symlink")
 	}
 }
+
+// A panic inside a change undoes it before it propagates.
+func TestChangeUndoesOnPanic(t *testing.T) {
+	f := dokkutest.NewFixture(t)
+	f.AddApp("shop", "web", 1)
+	f.SetResource("shop", "", dokku.Limit, dokku.Memory, "256m")
+	func() {
+		defer func() {
+			if p := recover(); p != "boom" {
+				t.Fatalf("recovered %v, want the panic", p)
+			}
+		}()
+		f.Env.Change(time.Second, func(env dokku.Env) error {
+			if err := env.SetResource("shop", "", dokku.Limit, dokku.Memory, "1g"); err != nil {
+				return err
+			}
+			panic("boom")
+		})
+	}()
+	if got := f.Read(f.PropertyPath("resource", "shop", "_default_.limit.memory")); got != "256m" {
+		t.Fatalf("memory = %q after a panicking change", got)
+	}
+	// The lock was released.
+	unlock, err := f.Env.LockConfig(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+}
