@@ -471,3 +471,42 @@ func TestApplyLive(t *testing.T) {
 		t.Errorf("devices: updates %+v note %q err %v", d.updates, note, err)
 	}
 }
+
+// FuzzDeviceLimitStoredVerbatim: whatever a device flag accepts is stored
+// as one docker-options word that no shell would change. Dokku expands
+// these lines in a shell on `docker run`: an accepted value must need no
+// quoting at all (quoting is not relied on), split into exactly one word,
+// and hold no character a shell interprets.
+func FuzzDeviceLimitStoredVerbatim(f *testing.F) {
+	for _, s := range []string{"/dev/sda:10mb", "/dev/null:10mb", "/dev/../etc/passwd:1mb", "/dev/sd$(id):1mb",
+		"/dev/sd`id`:5", "/dev/sda:1mb;reboot", "/dev/sda:1mb #x", "/dev/disk/by-id/ata-X_1.2:5", "/dev/sda:1\n", "/dev/s'a:1"} {
+		f.Add(s, false)
+		f.Add(s, true)
+	}
+	anyDevice := func(string) (uint64, error) { return 1, nil }
+	f.Fuzz(func(t *testing.T, arg string, iops bool) {
+		r := Request{App: "shop", Devices: anyDevice}
+		if iops {
+			r.DeviceReadIOPS = []string{arg}
+		} else {
+			r.DeviceReadBps = []string{arg}
+		}
+		opts, err := r.options()
+		if err != nil {
+			return
+		}
+		if len(opts) != 1 {
+			t.Fatalf("%q: %d options", arg, len(opts))
+		}
+		line := opts[0]
+		if strings.ContainsAny(line, " \t\n\r'\"`$\\;&|<>()*?[]{}!#~") {
+			t.Fatalf("%q stored as %q: holds a shell character", arg, line)
+		}
+		if again, err := dokku.CanonicalOwnedOption(line); err != nil || again != line {
+			t.Fatalf("%q stored as %q, which re-canonicalises to %q (%v)", arg, line, again, err)
+		}
+		if !strings.HasPrefix(line, "--device-read-") || !strings.HasSuffix(line, arg) {
+			t.Fatalf("%q stored as %q", arg, line)
+		}
+	})
+}
