@@ -33,14 +33,23 @@ func runCLI(argv []string) error {
 	return app.Run(append(argv[:2:2], args...))
 }
 
+// reorderArgs also refuses a flag given twice: urfave/cli would silently
+// keep the last value (`--egress NaN --egress 2mbit`). Only slice flags may
+// repeat (one --device-read-bps per device).
 func reorderArgs(cmd *cli.Command, args []string) ([]string, error) {
 	takesValue := map[string]bool{}
+	primary := map[string]string{}
+	repeatable := map[string]bool{}
 	for _, f := range cmd.Flags {
 		_, isBool := f.(*cli.BoolFlag)
+		_, isSlice := f.(*cli.StringSliceFlag)
 		for _, n := range f.Names() {
 			takesValue[n] = !isBool
+			primary[n] = f.Names()[0]
 		}
+		repeatable[f.Names()[0]] = isSlice
 	}
+	given := map[string]bool{}
 	var flags, positional []string
 	for i := 0; i < len(args); i++ {
 		a := args[i]
@@ -54,6 +63,12 @@ func reorderArgs(cmd *cli.Command, args []string) ([]string, error) {
 		}
 		flags = append(flags, a)
 		name := strings.TrimLeft(a, "-")
+		if p, ok := primary[strings.SplitN(name, "=", 2)[0]]; ok {
+			if given[p] && !repeatable[p] {
+				return nil, fmt.Errorf("--%s given more than once", p)
+			}
+			given[p] = true
+		}
 		if !strings.Contains(name, "=") && takesValue[name] {
 			if i+1 == len(args) {
 				// Without this the "--" appended below would become its value.

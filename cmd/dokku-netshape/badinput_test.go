@@ -13,6 +13,8 @@ import (
 	"github.com/dokku-netshape/dokku-netshape/test/nettest"
 )
 
+const onlySafe = "only letters, digits and / . _ - + : are allowed (no whitespace or shell characters)"
+
 const invalidName = "app name must begin with lowercase alphanumeric character, and may only contain lowercase alphanumerics, dots, and hyphens: "
 
 // badInputFixture is an app with a network limit, an operator-written
@@ -107,7 +109,28 @@ func TestRootBadInput(t *testing.T) {
 		{name: "device-iops-fraction", argv: []string{"set", "shop", "--device-read-iops", "/dev/sda:1.5"}, want: `--device-read-iops: "1.5": IOPS must be a positive whole number`},
 		{name: "device-iops-negative", argv: []string{"set", "shop", "--device-write-iops", "/dev/sda:-3"}, want: `--device-write-iops: "-3": IOPS must be a positive whole number`},
 		{name: "device-twice", argv: []string{"set", "shop", "--device-read-bps", "/dev/sda:1mb", "--device-read-bps", "/dev/sda:2mb"}, want: "--device-read-bps: /dev/sda given twice"},
-		{name: "device-quote", argv: []string{"set", "shop", "--device-read-bps", "/dev/s'da:1mb"}, want: `--device-read-bps: "/dev/s'da:1mb" is not DEVICE:VALUE with DEVICE a path under /dev/`},
+		{name: "device-quote", argv: []string{"set", "shop", "--device-read-bps", "/dev/s'da:1mb"}, want: `--device-read-bps: "/dev/s'da:1mb": ` + onlySafe},
+		// Issue 8: each of these was saved and broke (or would run a command
+		// at) the next deploy. The device is checked as Docker will use it.
+		{name: "device-null", argv: []string{"set", "shop", "--device-read-bps", "/dev/null:10mb"}, want: "--device-read-bps: /dev/null is not a block device but a character device"},
+		{name: "device-dotdot", argv: []string{"set", "shop", "--device-read-bps", "/dev/../etc/passwd:1mb"}, want: `--device-read-bps: "/dev/../etc/passwd": the device path must be clean (no .., //, trailing /)`},
+		{name: "device-missing", argv: []string{"set", "shop", "--device-write-iops", "/dev/netshape-no-such-disk:10"}, want: "--device-write-iops: /dev/netshape-no-such-disk does not exist"},
+		{name: "device-cmd-subst", argv: []string{"set", "shop", "--device-read-bps", "/dev/sd$(id):1mb"}, want: `--device-read-bps: "/dev/sd$(id):1mb": ` + onlySafe},
+		{name: "device-backquote", argv: []string{"set", "shop", "--device-read-bps", "/dev/sd`id`:5"}, want: "--device-read-bps: \"/dev/sd`id`:5\": " + onlySafe},
+		{name: "device-alias-twice", argv: []string{"set", "shop", "--device-read-bps", "/dev/sda:1mb", "--device-read-bps", "/dev/disk/by-id/ata-disk0:2mb"},
+			want: "--device-read-bps: /dev/sda and /dev/disk/by-id/ata-disk0 are the same device"},
+		{name: "device-bad-after-good", argv: []string{"set", "shop", "--blkio-weight", "500", "--memory", "64m", "--device-read-bps", "/dev/sda:1mb", "--device-write-bps", "/dev/null:1mb"},
+			want: "--device-write-bps: /dev/null is not a block device but a character device"},
+		// Empty process type and repeated flags.
+		{name: "process-type-empty", argv: []string{"set", "shop", "--process-type", "", "--egress", "1mbit"}, want: "--process-type: empty value (leave the flag out to mean every process type)"},
+		{name: "clear-process-type-empty", argv: []string{"clear", "shop", "--process-type=", "--all"}, want: "--process-type: empty value (leave the flag out to mean every process type)"},
+		{name: "egress-twice", argv: []string{"set", "shop", "--egress", "NaN", "--egress", "2mbit"}, want: "set: --egress given more than once"},
+		{name: "egress-twice-equals", argv: []string{"set", "shop", "--egress=2mbit", "-egress", "3mbit"}, want: "set: --egress given more than once"},
+		{name: "memory-twice", argv: []string{"set", "shop", "--memory", "64m", "--cpus", "1", "--memory", "128m"}, want: "set: --memory given more than once"},
+		{name: "process-type-twice", argv: []string{"set", "shop", "--process-type", "web", "--process-type", "worker", "--egress", "1mbit"}, want: "set: --process-type given more than once"},
+		{name: "bool-twice", argv: []string{"clear", "shop", "--egress", "--egress"}, want: "clear: --egress given more than once"},
+		{name: "no-apply-twice", argv: []string{"set", "shop", "--blkio-weight", "20", "--no-apply", "--no-apply"}, want: "set: --no-apply given more than once"},
+		{name: "report-format-twice", argv: []string{"report", "shop", "--format", "json", "--format=stdout"}, want: "--format given more than once"},
 		// An operator line already uses --device-write-bps: the egress given
 		// alongside must not be saved either.
 		{name: "operator-conflict", argv: []string{"set", "shop", "--egress", "5mbit", "--device-write-bps", "/dev/sda:1mb"},

@@ -8,11 +8,13 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/dokku-netshape/dokku-netshape/pkg/containers"
 	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
+	"github.com/dokku-netshape/dokku-netshape/pkg/limits"
 	"github.com/dokku-netshape/dokku-netshape/pkg/rate"
 	"github.com/dokku-netshape/dokku-netshape/pkg/reconcile"
 	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
@@ -23,6 +25,10 @@ const (
 	envPinDir = "NETSHAPE_PIN_DIR"
 	envLock   = "NETSHAPE_LOCK"
 )
+
+// configLockTimeout bounds the wait for another set/clear/trigger to finish
+// writing Dokku's config (each holds the lock for milliseconds).
+var configLockTimeout = time.Minute
 
 func newApp() *cli.App {
 	app := &cli.App{
@@ -97,6 +103,9 @@ func scope(c *cli.Context) (dokku.Env, string, string, error) {
 		return env, "", "", err
 	}
 	proc := c.String("process-type")
+	if c.IsSet("process-type") && proc == "" {
+		return env, "", "", errors.New("--process-type: empty value (leave the flag out to mean every process type)")
+	}
 	if !c.IsSet("process-type") {
 		proc = reconcile.DefaultScope
 	} else if err := env.CheckProcessType(app, proc); err != nil {
@@ -155,23 +164,47 @@ func runSet(c *cli.Context) error {
 	if len(net) == 0 && lim.Empty() {
 		return errors.New("nothing to set: give at least one of --egress, --ingress, --network, --memory, --memory-swap, --cpus, --blkio-weight, --device-*")
 	}
-	if err := lim.Validate(env); err != nil {
+	// Bad values fail here, before the lock is even taken.
+	if err := lim.Check(); err != nil {
 		return err
 	}
-	// Everything is valid: only now does anything change. The docker-options
-	// lines go first: an operator line using the same flag is only found
-	// when writing them, and that write changes nothing when it fails.
-	if err := persistLimits(env, lim); err != nil {
-		return err
-	}
-	for _, typ := range []dokku.ResourceType{dokku.Network, dokku.NetworkEgress, dokku.NetworkIngress} {
-		if v, ok := net[typ]; ok {
-			if err := env.SetResource(app, proc, dokku.Limit, typ, v); err != nil {
-				return fmt.Errorf("save %s limit of %s: %w", typ, app, err)
-			}
-			fmt.Printf("-----> Set %s %s limit for %s to %s\n", procLabel(proc), typ, app, v)
+	// One change: checked against what is stored and written under the
+	// config lock, all of it or (undone on any failure) none of it.
+	var done []string
+	err = env.Change(configLockTimeout, func(env dokku.Env) error {
+		done = nil
+		if err := lim.Validate(env); err != nil {
+			return err
 		}
+		if !lim.Empty() {
+			// The docker-options lines go first: an operator line using
+			// the same flag is found there, before anything is written.
+			msgs, err := limits.Persist(env, lim)
+			if err != nil {
+				return err
+			}
+			for _, m := range msgs {
+				done = append(done, fmt.Sprintf("-----> Set %s %s for %s", procLabel(proc), m, app))
+			}
+		}
+		for _, typ := range []dokku.ResourceType{dokku.Network, dokku.NetworkEgress, dokku.NetworkIngress} {
+			if v, ok := net[typ]; ok {
+				if err := env.SetResource(app, proc, dokku.Limit, typ, v); err != nil {
+					return fmt.Errorf("save %s limit of %s: %w", typ, app, err)
+				}
+				done = append(done, fmt.Sprintf("-----> Set %s %s limit for %s to %s", procLabel(proc), typ, app, v))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
+	for _, l := range done {
+		fmt.Println(l)
+	}
+	// Applying happens after the config lock is released: the root apply
+	// takes the reconcile lock, and may wait on it.
 	if c.Bool("no-apply") {
 		fmt.Println("-----> Not applied (--no-apply): takes effect at the next deploy or `dokku-netshape apply " + app + "`")
 		return nil
@@ -228,7 +261,16 @@ func runClear(c *cli.Context) error {
 	if all {
 		egress, ingress = true, true
 	}
-	if err := clearNetwork(env, app, proc, egress, ingress); err != nil {
+	err = env.Change(configLockTimeout, func(env dokku.Env) error {
+		if err := clearNetwork(env, app, proc, egress, ingress); err != nil {
+			return err
+		}
+		if all {
+			return limits.Clear(env, app, proc)
+		}
+		return nil
+	})
+	if err != nil {
 		return err
 	}
 	fmt.Printf("-----> Cleared %s network limits of %s\n", procLabel(proc), app)
@@ -243,9 +285,7 @@ func runClear(c *cli.Context) error {
 		}
 	}
 	if all {
-		if err := clearLimits(env, app, proc); err != nil {
-			return err
-		}
+		fmt.Printf("-----> Cleared %s memory, CPU and blkio limits of %s (running containers keep theirs until the next deploy: Docker cannot remove a limit live)\n", procLabel(proc), app)
 	}
 	if c.Bool("no-apply") {
 		return nil

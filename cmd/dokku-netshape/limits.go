@@ -15,9 +15,14 @@ import (
 	"github.com/dokku-netshape/dokku-netshape/pkg/size"
 )
 
+// deviceResolver checks --device-* paths; nil is the host's /dev (tests
+// substitute disks the test machine does not have).
+var deviceResolver limits.DeviceResolver
+
 func limitsRequest(c *cli.Context, app, proc string) (limits.Request, error) {
 	r := limits.Request{
-		App: app, Process: proc,
+		Devices: deviceResolver,
+		App:     app, Process: proc,
 		Memory: c.String("memory"), MemorySwap: c.String("memory-swap"), CPUs: c.String("cpus"),
 		BlkioWeight:     c.String("blkio-weight"),
 		DeviceReadBps:   c.StringSlice("device-read-bps"),
@@ -31,17 +36,6 @@ func limitsRequest(c *cli.Context, app, proc string) (limits.Request, error) {
 		}
 	}
 	return r, nil
-}
-
-func persistLimits(env dokku.Env, r limits.Request) error {
-	if r.Empty() {
-		return nil
-	}
-	msgs, err := limits.Persist(env, r)
-	for _, m := range msgs {
-		fmt.Printf("-----> Set %s %s for %s\n", procLabel(r.Process), m, r.App)
-	}
-	return err
 }
 
 // applyLimits pushes memory/CPU/blkio to running containers. Docker access
@@ -70,14 +64,6 @@ func applyLimits(ctx context.Context, env dokku.Env, r limits.Request) error {
 	if len(errs) > 0 {
 		return fmt.Errorf("limits saved; Docker could not apply them live (they apply at the next deploy): %w", errors.Join(errs...))
 	}
-	return nil
-}
-
-func clearLimits(env dokku.Env, app, proc string) error {
-	if err := limits.Clear(env, app, proc); err != nil {
-		return err
-	}
-	fmt.Printf("-----> Cleared %s memory, CPU and blkio limits of %s (running containers keep theirs until the next deploy: Docker cannot remove a limit live)\n", procLabel(proc), app)
 	return nil
 }
 

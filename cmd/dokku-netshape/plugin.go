@@ -155,17 +155,30 @@ func runTrigger(name string, args []string) error {
 	case "post-delete":
 		// Our docker-options ownership records go with the app; Dokku's
 		// resource and docker-options plugins delete their own properties.
-		if err := env.Properties(dokku.OwnerPlugin).Destroy(args[0]); err != nil {
+		// Under the config lock (a set of the same app may be writing
+		// them), released before the root remove.
+		if err := dokku.ValidateAppName(args[0]); err != nil {
+			return err
+		}
+		err := env.Change(configLockTimeout, func(env dokku.Env) error {
+			return env.Properties(dokku.OwnerPlugin).Destroy(args[0])
+		})
+		if err != nil {
 			return err
 		}
 		return runCLI([]string{"dokku-netshape", "remove", args[0]})
-	case "post-app-rename-setup":
+	case "post-app-rename-setup", "post-app-clone-setup":
 		// Dokku copies resource and docker-options properties itself; our
 		// records of which docker-options lines we own must follow them, or
 		// the new app's lines would look operator-written.
-		return env.Properties(dokku.OwnerPlugin).Clone(args[0], args[1])
-	case "post-app-clone-setup":
-		return env.Properties(dokku.OwnerPlugin).Clone(args[0], args[1])
+		for _, app := range args[:2] {
+			if err := dokku.ValidateAppName(app); err != nil {
+				return err
+			}
+		}
+		return env.Change(configLockTimeout, func(env dokku.Env) error {
+			return env.Properties(dokku.OwnerPlugin).Clone(args[0], args[1])
+		})
 	case "report":
 		return runReport(ctx, []string{args[0]}, os.Stdout)
 	case "install":

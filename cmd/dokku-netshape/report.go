@@ -62,6 +62,9 @@ func parseReportArgs(args []string) (reportArgs, error) {
 			if v != "stdout" && v != "json" {
 				return ra, fmt.Errorf("--format: %q is not stdout or json", v)
 			}
+			if formatSet {
+				return ra, errors.New("--format given more than once")
+			}
 			ra.format, formatSet = v, true
 		case strings.HasPrefix(a, "--netshape-"):
 			f := strings.TrimPrefix(a, "--netshape-")
@@ -106,20 +109,45 @@ func runReport(ctx context.Context, args []string, out io.Writer) error {
 	}
 	return asRoot(ctx, append([]string{"report"}, args...), func() error {
 		return withReconciler(ctx, false, func(r *reconcile.Reconciler) error {
+			// One app's broken property must not hide the others: each
+			// app's error goes in its own section, the exit status says
+			// something failed once everything is printed.
 			all := map[string]map[string]string{}
+			failed := map[string]error{}
 			for _, app := range apps {
 				fields, err := appReport(ctx, r, app)
 				if err != nil {
-					return err
+					failed[app] = err
+					continue
 				}
 				all[app] = fields
 			}
-			return writeReport(out, ra, apps, all)
+			if err := writeReport(out, ra, apps, all, failed); err != nil {
+				return err
+			}
+			if len(failed) == 0 {
+				return nil
+			}
+			var names []string
+			for _, app := range apps {
+				if failed[app] != nil {
+					names = append(names, app)
+				}
+			}
+			if ra.field != "" {
+				// The field's lines stay one per app; the causes go here.
+				var causes []string
+				for _, app := range names {
+					causes = append(causes, fmt.Sprintf("%s (%s)", app, printableLine(failed[app].Error())))
+				}
+				return fmt.Errorf("report failed for %s", strings.Join(causes, "; "))
+			}
+			return fmt.Errorf("report failed for %d of %d apps (%s): see their sections", len(names), len(apps), strings.Join(names, ", "))
 		})
 	})
 }
 
-func writeReport(out io.Writer, ra reportArgs, apps []string, all map[string]map[string]string) error {
+func writeReport(out io.Writer, ra reportArgs, apps []string, all map[string]map[string]string, failed map[string]error) error {
 	switch {
 	case ra.field != "":
 		for _, app := range apps {
@@ -128,17 +156,27 @@ func writeReport(out io.Writer, ra reportArgs, apps []string, all map[string]map
 	case ra.format == "json":
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
+		entry := func(app string) map[string]string {
+			if err := failed[app]; err != nil {
+				return map[string]string{"error": err.Error()}
+			}
+			return prefixed(all[app])
+		}
 		if ra.app != "" {
-			return enc.Encode(prefixed(all[ra.app]))
+			return enc.Encode(entry(ra.app))
 		}
 		byApp := map[string]map[string]string{}
-		for app, f := range all {
-			byApp[app] = prefixed(f)
+		for _, app := range apps {
+			byApp[app] = entry(app)
 		}
 		return enc.Encode(byApp)
 	default:
 		for _, app := range apps {
 			fmt.Fprintf(out, "=====> %s netshape information\n", app)
+			if err := failed[app]; err != nil {
+				fmt.Fprintf(out, "       %-32s%s\n", "Netshape error:", printableLine(err.Error()))
+				continue
+			}
 			for _, f := range reportFields {
 				label := "Netshape " + strings.ReplaceAll(f, "-", " ") + ":"
 				fmt.Fprintf(out, "       %-32s%s\n", label, all[app][f])
@@ -146,6 +184,16 @@ func writeReport(out io.Writer, ra reportArgs, apps []string, all map[string]map
 		}
 	}
 	return nil
+}
+
+// printableLine keeps an error (which may quote a stored value) on one line.
+func printableLine(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
 }
 
 func prefixed(f map[string]string) map[string]string {

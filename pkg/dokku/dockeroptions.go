@@ -341,6 +341,9 @@ func (d DockerOptions) writeLines(app, proc string, st OptionsStorage, lines []s
 		return d.Env.Properties(DockerOptionsPlugin).SetList(app, proc+".deploy", lines)
 	}
 	path := d.Env.LegacyOptionsFile(app)
+	if err := d.Env.journal.save(path, filepath.Dir(path)); err != nil {
+		return err
+	}
 	var buf strings.Builder
 	for _, l := range lines {
 		buf.WriteString(l)

@@ -46,6 +46,9 @@ type Env struct {
 	// IsRoot reports whether ownership must be fixed; nil means euid == 0.
 	// A tool run as the dokku user already creates files with the right owner.
 	IsRoot func() bool
+
+	// journal, when set, records every file before it changes (WithJournal).
+	journal *Journal
 }
 
 // ErrNoSuchOwner means the configured Dokku system user does not exist on

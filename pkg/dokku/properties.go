@@ -102,6 +102,9 @@ func (p Properties) Delete(app, key string) error {
 	if err != nil {
 		return err
 	}
+	if err := p.Env.journal.save(path, filepath.Dir(filepath.Dir(path))); err != nil {
+		return err
+	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("delete %s property %s.%s: %w", p.Plugin, app, key, err)
 	}
@@ -195,6 +198,18 @@ func (p Properties) Destroy(app string) error {
 	if err := p.check(app, ""); err != nil {
 		return err
 	}
+	if p.Env.journal != nil {
+		keys, err := p.Keys(app)
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			path := filepath.Join(p.Env.PropertyDir(p.Plugin, app), k)
+			if err := p.Env.journal.save(path, p.Env.PluginConfigDir(p.Plugin)); err != nil {
+				return err
+			}
+		}
+	}
 	if err := os.RemoveAll(p.Env.PropertyDir(p.Plugin, app)); err != nil {
 		return fmt.Errorf("destroy %s properties of %s: %w", p.Plugin, app, err)
 	}
@@ -241,6 +256,7 @@ func (e Env) ensureDir(root, dir string) error {
 		}
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
+	e.journal.created(dir)
 	// Explicit chmod: Mkdir's mode is filtered by the umask.
 	if err := os.Chmod(dir, propertyDirMode); err != nil {
 		return fmt.Errorf("chmod %s: %w", dir, err)
@@ -254,6 +270,9 @@ func (p Properties) write(app, key string, content []byte) error {
 		return err
 	}
 	if err := p.Env.ensureDir(p.Env.LibRoot, filepath.Dir(path)); err != nil {
+		return fmt.Errorf("write %s property %s.%s: %w", p.Plugin, app, key, err)
+	}
+	if err := p.Env.journal.save(path, filepath.Dir(filepath.Dir(path))); err != nil {
 		return fmt.Errorf("write %s property %s.%s: %w", p.Plugin, app, key, err)
 	}
 	if err := p.Env.writeFileAtomic(path, filepath.Dir(filepath.Dir(path)), content, propertyFileMode, nil); err != nil {

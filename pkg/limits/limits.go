@@ -9,10 +9,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math"
+	"os"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/dokku-netshape/dokku-netshape/pkg/containers"
 	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
@@ -39,6 +44,9 @@ type Request struct {
 	DeviceReadBps, DeviceWriteBps []string // DEV:SIZE, e.g. /dev/sda:10mb
 	DeviceReadIOPS                []string // DEV:N
 	DeviceWriteIOPS               []string
+
+	// Devices checks the device paths; nil means BlockDevice.
+	Devices DeviceResolver
 }
 
 // Empty reports whether the request sets nothing.
@@ -54,16 +62,10 @@ func (r Request) scope() string {
 	return r.Process
 }
 
-// Validate checks every value without changing anything. Memory and
-// memory-swap are checked as the pair the scope will have afterwards (new
-// values, else the stored or inherited ones), since Docker refuses a
-// container whose memory-swap is below its memory.
-func (r Request) Validate(env dokku.Env) error {
-	eff, err := env.ResourceLimits(r.App, r.scope())
-	if err != nil {
-		return fmt.Errorf("read stored limits of %s: %w", r.App, err)
-	}
-	var mem size.Size
+// Check validates every value on its own, without reading Dokku's config:
+// syntax, Docker's bounds, and that each device limit names a block device
+// Docker can throttle. A failure is one line naming the flag.
+func (r Request) Check() error {
 	if r.Memory != "" {
 		m, err := size.ParseDokkuMemory(r.Memory)
 		if err != nil {
@@ -72,21 +74,10 @@ func (r Request) Validate(env dokku.Env) error {
 		if m < minMemory {
 			return fmt.Errorf("--memory: %s is below Docker's minimum of 6m", r.Memory)
 		}
-		mem = m
-	} else if eff.Memory.IsSet() {
-		mem, _ = size.ParseDokkuMemory(eff.Memory.Value)
 	}
 	if r.MemorySwap != "" && r.MemorySwap != "-1" {
-		sw, err := size.Parse(r.MemorySwap)
-		if err != nil {
+		if _, err := size.Parse(r.MemorySwap); err != nil {
 			return fmt.Errorf("--memory-swap: %w", err)
-		}
-		if mem != 0 && sw < mem {
-			return fmt.Errorf("--memory-swap: %s is less than the memory limit (%s); memory-swap is memory plus swap", r.MemorySwap, mem)
-		}
-	} else if r.MemorySwap == "" && r.Memory != "" && eff.MemorySwap.IsSet() && eff.MemorySwap.Value != "-1" {
-		if sw, err := size.Parse(eff.MemorySwap.Value); err == nil && sw < mem {
-			return fmt.Errorf("--memory: %s is more than the stored memory-swap limit %s (memory plus swap): give --memory-swap too", r.Memory, eff.MemorySwap.Value)
 		}
 	}
 	if r.CPUs != "" {
@@ -99,8 +90,40 @@ func (r Request) Validate(env dokku.Env) error {
 			return err
 		}
 	}
-	_, err = r.options()
+	_, err := r.options()
 	return err
+}
+
+// Validate is Check plus the checks against what is stored. Memory and
+// memory-swap are checked as the pair the scope will have afterwards (new
+// values, else the stored or inherited ones), since Docker refuses a
+// container whose memory-swap is below its memory. Run it under the config
+// lock, right before Persist, so that what it checked is what Persist sees.
+func (r Request) Validate(env dokku.Env) error {
+	if err := r.Check(); err != nil {
+		return err
+	}
+	eff, err := env.ResourceLimits(r.App, r.scope())
+	if err != nil {
+		return fmt.Errorf("read stored limits of %s: %w", r.App, err)
+	}
+	var mem size.Size
+	if r.Memory != "" {
+		mem, _ = size.ParseDokkuMemory(r.Memory)
+	} else if eff.Memory.IsSet() {
+		mem, _ = size.ParseDokkuMemory(eff.Memory.Value)
+	}
+	if r.MemorySwap != "" && r.MemorySwap != "-1" {
+		sw, _ := size.Parse(r.MemorySwap)
+		if mem != 0 && sw < mem {
+			return fmt.Errorf("--memory-swap: %s is less than the memory limit (%s); memory-swap is memory plus swap", r.MemorySwap, mem)
+		}
+	} else if r.MemorySwap == "" && r.Memory != "" && eff.MemorySwap.IsSet() && eff.MemorySwap.Value != "-1" {
+		if sw, err := size.Parse(eff.MemorySwap.Value); err == nil && sw < mem {
+			return fmt.Errorf("--memory: %s is more than the stored memory-swap limit %s (memory plus swap): give --memory-swap too", r.Memory, eff.MemorySwap.Value)
+		}
+	}
+	return nil
 }
 
 func parseCPUs(v string) (int64, error) {
@@ -126,23 +149,96 @@ func parseBlkioWeight(v string) (uint16, error) {
 	return uint16(n), nil
 }
 
-// deviceLimit validates "DEV:VALUE" for one --device-* flag.
-func deviceLimit(flag, v string, iops bool) error {
+// DeviceResolver returns the device number of the block device a path
+// names, following symlinks, or an error saying why it is not one.
+type DeviceResolver func(path string) (rdev uint64, err error)
+
+// BlockDevice is the DeviceResolver of this host. Docker stats the path when
+// it creates the container and writes the device number into the cgroup,
+// where anything but a block device (/dev/null is a character device; a
+// regular file has device number 0) makes `docker run` fail.
+func BlockDevice(path string) (uint64, error) {
+	real, err := filepath.EvalSymlinks(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, fmt.Errorf("%s does not exist", path)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	fi, err := os.Stat(real)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if fi.Mode()&fs.ModeDevice == 0 || fi.Mode()&fs.ModeCharDevice != 0 || !ok {
+		what := "a " + fileKind(fi.Mode())
+		if real != path {
+			what += " (" + real + ")"
+		}
+		return 0, fmt.Errorf("%s is not a block device but %s", path, what)
+	}
+	return st.Rdev, nil
+}
+
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeCharDevice != 0:
+		return "character device"
+	case m.IsDir():
+		return "directory"
+	case m.IsRegular():
+		return "regular file"
+	case m&fs.ModeNamedPipe != 0:
+		return "FIFO"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	}
+	return "file of type " + m.Type().String()
+}
+
+// deviceArgChars are the only bytes a device limit may hold. Dokku stores
+// docker-options lines shell-quoted and a shell expands them on `docker run`:
+// refusing everything a shell could interpret is safer than quoting it.
+func deviceArgOK(v string) bool {
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("/._:+-", c) >= 0) {
+			return false
+		}
+	}
+	return v != ""
+}
+
+// deviceLimit validates "DEV:VALUE" for one --device-* flag as Docker will
+// apply it (docker/cli opts.ValidateThrottle{Bps,IOps}Device, then the
+// daemon's stat of DEV) and returns DEV's device number.
+func deviceLimit(flag, v string, iops bool, resolve DeviceResolver) (uint64, error) {
+	if !deviceArgOK(v) {
+		return 0, fmt.Errorf("--%s: %q: only letters, digits and / . _ - + : are allowed (no whitespace or shell characters)", flag, v)
+	}
 	dev, val, ok := strings.Cut(v, ":")
-	if !ok || !strings.HasPrefix(dev, "/dev/") || len(dev) <= len("/dev/") || strings.ContainsAny(dev, " \t\n'\"") {
-		return fmt.Errorf("--%s: %q is not DEVICE:VALUE with DEVICE a path under /dev/", flag, v)
+	if !ok || !strings.HasPrefix(dev, "/dev/") || len(dev) <= len("/dev/") {
+		return 0, fmt.Errorf("--%s: %q is not DEVICE:VALUE with DEVICE a path under /dev/", flag, v)
+	}
+	if filepath.Clean(dev) != dev || slices.Contains(strings.Split(dev, "/"), "..") {
+		return 0, fmt.Errorf("--%s: %q: the device path must be clean (no .., //, trailing /)", flag, dev)
 	}
 	if iops {
 		n, err := strconv.ParseUint(val, 10, 64)
 		if err != nil || n == 0 {
-			return fmt.Errorf("--%s: %q: IOPS must be a positive whole number", flag, val)
+			return 0, fmt.Errorf("--%s: %q: IOPS must be a positive whole number", flag, val)
 		}
-		return nil
+	} else if s, err := size.Parse(val); err != nil || s == 0 {
+		return 0, fmt.Errorf("--%s: %q: not a positive byte rate such as 10mb", flag, val)
 	}
-	if s, err := size.Parse(val); err != nil || s == 0 {
-		return fmt.Errorf("--%s: %q: not a positive byte rate such as 10mb", flag, val)
+	if resolve == nil {
+		resolve = BlockDevice
 	}
-	return nil
+	rdev, err := resolve(dev)
+	if err != nil {
+		return 0, fmt.Errorf("--%s: %w", flag, err)
+	}
+	return rdev, nil
 }
 
 // options returns the docker-options lines the request's blkio flags make.
@@ -161,16 +257,20 @@ func (r Request) options() ([]string, error) {
 		{"device-read-iops", r.DeviceReadIOPS, true},
 		{"device-write-iops", r.DeviceWriteIOPS, true},
 	} {
-		seen := map[string]bool{}
+		seen := map[uint64]string{}
 		for _, v := range d.vals {
-			if err := deviceLimit(d.flag, v, d.iops); err != nil {
+			rdev, err := deviceLimit(d.flag, v, d.iops, r.Devices)
+			if err != nil {
 				return nil, err
 			}
 			dev, _, _ := strings.Cut(v, ":")
-			if seen[dev] {
-				return nil, fmt.Errorf("--%s: %s given twice", d.flag, dev)
+			if prev, dup := seen[rdev]; dup {
+				if prev == dev {
+					return nil, fmt.Errorf("--%s: %s given twice", d.flag, dev)
+				}
+				return nil, fmt.Errorf("--%s: %s and %s are the same device", d.flag, prev, dev)
 			}
-			seen[dev] = true
+			seen[rdev] = dev
 			out = append(out, "--"+d.flag+"="+v)
 		}
 	}

@@ -4,14 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/dokku-netshape/dokku-netshape/pkg/containers"
 	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
 	"github.com/dokku-netshape/dokku-netshape/pkg/dokku/dokkutest"
+	"github.com/dokku-netshape/dokku-netshape/test/nettest"
 )
 
 func fixture(t *testing.T) *dokkutest.Fixture {
@@ -69,7 +74,7 @@ func TestValidate(t *testing.T) {
 		{"device-not-dev", Request{DeviceReadBps: []string{"sda:10mb"}}, nil, `--device-read-bps: "sda:10mb" is not DEVICE:VALUE with DEVICE a path under /dev/`},
 		{"device-bare-dev", Request{DeviceReadBps: []string{"/dev/:10mb"}}, nil, `--device-read-bps: "/dev/:10mb" is not DEVICE:VALUE with DEVICE a path under /dev/`},
 		{"device-no-colon", Request{DeviceWriteBps: []string{"/dev/sda"}}, nil, `--device-write-bps: "/dev/sda" is not DEVICE:VALUE with DEVICE a path under /dev/`},
-		{"device-space", Request{DeviceWriteBps: []string{"/dev/s da:1mb"}}, nil, `--device-write-bps: "/dev/s da:1mb" is not DEVICE:VALUE with DEVICE a path under /dev/`},
+		{"device-space", Request{DeviceWriteBps: []string{"/dev/s da:1mb"}}, nil, `--device-write-bps: "/dev/s da:1mb": ` + onlySafe},
 		{"device-bps-zero", Request{DeviceWriteBps: []string{"/dev/sda:0"}}, nil, `--device-write-bps: "0": not a positive byte rate such as 10mb`},
 		{"device-bps-word", Request{DeviceReadBps: []string{"/dev/sda:fast"}}, nil, `--device-read-bps: "fast": not a positive byte rate such as 10mb`},
 		{"device-iops-fraction", Request{DeviceReadIOPS: []string{"/dev/sda:1.5"}}, nil, `--device-read-iops: "1.5": IOPS must be a positive whole number`},
@@ -77,6 +82,20 @@ func TestValidate(t *testing.T) {
 		{"device-iops-unit", Request{DeviceWriteIOPS: []string{"/dev/sda:10k"}}, nil, `--device-write-iops: "10k": IOPS must be a positive whole number`},
 		{"device-twice", Request{DeviceReadBps: []string{"/dev/sda:1mb", "/dev/sda:2mb"}}, nil, "--device-read-bps: /dev/sda given twice"},
 		{"device-same-dev-other-flag", Request{DeviceReadBps: []string{"/dev/sda:1mb"}, DeviceWriteBps: []string{"/dev/sda:2mb"}}, nil, ""},
+		{"device-alias-twice", Request{DeviceReadBps: []string{"/dev/sda:1mb", "/dev/disk/by-id/ata-disk0:2mb"}}, nil, "--device-read-bps: /dev/sda and /dev/disk/by-id/ata-disk0 are the same device"},
+		{"device-alias-ok", Request{DeviceWriteIOPS: []string{"/dev/disk/by-id/ata-disk0:50", "/dev/sdb:60"}}, nil, ""},
+		// Issue 8 item 3: each of these was saved and broke the next deploy.
+		{"device-null", Request{DeviceReadBps: []string{"/dev/null:10mb"}}, nil, "--device-read-bps: /dev/null is not a block device but a character device"},
+		{"device-dotdot", Request{DeviceReadBps: []string{"/dev/../etc/passwd:1mb"}}, nil, `--device-read-bps: "/dev/../etc/passwd": the device path must be clean (no .., //, trailing /)`},
+		{"device-missing", Request{DeviceReadBps: []string{"/dev/netshape-no-such-disk:1mb"}}, nil, "--device-read-bps: /dev/netshape-no-such-disk does not exist"},
+		{"device-cmd-subst", Request{DeviceReadBps: []string{"/dev/sd$(id):1mb"}}, nil, `--device-read-bps: "/dev/sd$(id):1mb": ` + onlySafe},
+		{"device-backquote", Request{DeviceReadBps: []string{"/dev/sd`id`:5"}}, nil, "--device-read-bps: \"/dev/sd`id`:5\": " + onlySafe},
+		{"device-semicolon", Request{DeviceWriteIOPS: []string{"/dev/sda:5;reboot"}}, nil, `--device-write-iops: "/dev/sda:5;reboot": ` + onlySafe},
+		{"device-tab", Request{DeviceWriteIOPS: []string{"/dev/sda:5\t"}}, nil, `--device-write-iops: "/dev/sda:5\t": ` + onlySafe},
+		{"device-double-slash", Request{DeviceWriteIOPS: []string{"/dev//sda:5"}}, nil, `--device-write-iops: "/dev//sda": the device path must be clean (no .., //, trailing /)`},
+		{"device-bps-space-unit", Request{DeviceReadBps: []string{"/dev/sda:10 mb"}}, nil, `--device-read-bps: "/dev/sda:10 mb": ` + onlySafe},
+		{"device-bps-docker-units", Request{DeviceReadBps: []string{"/dev/sda:1GiB"}, DeviceWriteBps: []string{"/dev/sda:512k"}}, nil, ""},
+		{"device-iops-plus", Request{DeviceReadIOPS: []string{"/dev/sda:+5"}}, nil, `--device-read-iops: "+5": IOPS must be a positive whole number`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := fixture(t)
@@ -84,6 +103,7 @@ func TestValidate(t *testing.T) {
 				f.SetProperty(dokku.ResourcePlugin, "shop", k, v)
 			}
 			tc.req.App = "shop"
+			tc.req.Devices = fakeDevices
 			err := tc.req.Validate(f.Env)
 			switch {
 			case tc.want == "" && err != nil:
@@ -92,6 +112,82 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("Validate: %v\nwant %s", err, tc.want)
 			}
 		})
+	}
+}
+
+const onlySafe = "only letters, digits and / . _ - + : are allowed (no whitespace or shell characters)"
+
+// fakeDevices stands in for disks this host may not have (sdX, an nvme and
+// a by-id alias of sda); every other path goes to the real BlockDevice.
+func fakeDevices(path string) (uint64, error) {
+	switch path {
+	case "/dev/sda", "/dev/disk/by-id/ata-disk0":
+		return 8<<8 | 0, nil
+	case "/dev/sdb":
+		return 8<<8 | 16, nil
+	case "/dev/sdc":
+		return 8<<8 | 32, nil
+	case "/dev/nvme0n1":
+		return 259 << 8, nil
+	}
+	return BlockDevice(path)
+}
+
+// TestRootBlockDevice runs the real check on device nodes made for the test
+// (mknod needs root): a block device directly and through symlinks passes;
+// a character device, a regular file, a FIFO, a directory, a dangling
+// symlink and a missing path do not.
+func TestRootBlockDevice(t *testing.T) {
+	nettest.RequireRoot(t)
+	dir := t.TempDir()
+	blk := filepath.Join(dir, "blk")
+	if err := unix.Mknod(blk, unix.S_IFBLK|0o600, int(unix.Mkdev(7, 200))); err != nil {
+		t.Fatal(err)
+	}
+	chr := filepath.Join(dir, "chr")
+	if err := unix.Mknod(chr, unix.S_IFCHR|0o600, int(unix.Mkdev(1, 3))); err != nil {
+		t.Fatal(err)
+	}
+	reg := filepath.Join(dir, "reg")
+	if err := os.WriteFile(reg, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := func(name, target string) string {
+		p := filepath.Join(dir, name)
+		if err := os.Symlink(target, p); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	l1 := link("l1", "blk")
+	l2 := link("l2", l1) // a chain, like /dev/disk/by-id → ../../sda
+	for _, tc := range []struct {
+		path string
+		want string // "" = block device 7:200
+	}{
+		{blk, ""},
+		{l1, ""},
+		{l2, ""},
+		{chr, chr + " is not a block device but a character device"},
+		{link("tochr", chr), filepath.Join(dir, "tochr") + " is not a block device but a character device (" + chr + ")"},
+		{reg, reg + " is not a block device but a regular file"},
+		{fifo, fifo + " is not a block device but a FIFO"},
+		{dir, dir + " is not a block device but a directory"},
+		{link("dangling", "nowhere"), filepath.Join(dir, "dangling") + " does not exist"},
+		{filepath.Join(dir, "missing"), filepath.Join(dir, "missing") + " does not exist"},
+		{"/dev/null", "/dev/null is not a block device but a character device"},
+	} {
+		rdev, err := BlockDevice(tc.path)
+		switch {
+		case tc.want == "" && (err != nil || rdev != unix.Mkdev(7, 200)):
+			t.Errorf("%s: %d:%d %v, want 7:200", tc.path, unix.Major(rdev), unix.Minor(rdev), err)
+		case tc.want != "" && (err == nil || err.Error() != tc.want):
+			t.Errorf("%s: %v, want %s", tc.path, err, tc.want)
+		}
 	}
 }
 
@@ -123,6 +219,7 @@ func TestPersistMerge(t *testing.T) {
 	persist := func(r Request) []string {
 		t.Helper()
 		r.App = "shop"
+		r.Devices = fakeDevices
 		if err := r.Validate(f.Env); err != nil {
 			t.Fatal(err)
 		}
@@ -373,4 +470,43 @@ func TestApplyLive(t *testing.T) {
 	if err != nil || len(d.updates) != 0 || !strings.Contains(note, "dokku ps:rebuild shop") {
 		t.Errorf("devices: updates %+v note %q err %v", d.updates, note, err)
 	}
+}
+
+// FuzzDeviceLimitStoredVerbatim: whatever a device flag accepts is stored
+// as one docker-options word that no shell would change. Dokku expands
+// these lines in a shell on `docker run`: an accepted value must need no
+// quoting at all (quoting is not relied on), split into exactly one word,
+// and hold no character a shell interprets.
+func FuzzDeviceLimitStoredVerbatim(f *testing.F) {
+	for _, s := range []string{"/dev/sda:10mb", "/dev/null:10mb", "/dev/../etc/passwd:1mb", "/dev/sd$(id):1mb",
+		"/dev/sd`id`:5", "/dev/sda:1mb;reboot", "/dev/sda:1mb #x", "/dev/disk/by-id/ata-X_1.2:5", "/dev/sda:1\n", "/dev/s'a:1"} {
+		f.Add(s, false)
+		f.Add(s, true)
+	}
+	anyDevice := func(string) (uint64, error) { return 1, nil }
+	f.Fuzz(func(t *testing.T, arg string, iops bool) {
+		r := Request{App: "shop", Devices: anyDevice}
+		if iops {
+			r.DeviceReadIOPS = []string{arg}
+		} else {
+			r.DeviceReadBps = []string{arg}
+		}
+		opts, err := r.options()
+		if err != nil {
+			return
+		}
+		if len(opts) != 1 {
+			t.Fatalf("%q: %d options", arg, len(opts))
+		}
+		line := opts[0]
+		if strings.ContainsAny(line, " \t\n\r'\"`$\\;&|<>()*?[]{}!#~") {
+			t.Fatalf("%q stored as %q: holds a shell character", arg, line)
+		}
+		if again, err := dokku.CanonicalOwnedOption(line); err != nil || again != line {
+			t.Fatalf("%q stored as %q, which re-canonicalises to %q (%v)", arg, line, again, err)
+		}
+		if !strings.HasPrefix(line, "--device-read-") || !strings.HasSuffix(line, arg) {
+			t.Fatalf("%q stored as %q", arg, line)
+		}
+	})
 }
