@@ -415,7 +415,7 @@ func reconcileApps(ctx context.Context, r *reconcile.Reconciler, apps []string) 
 
 func printResult(res reconcile.Result) {
 	for _, s := range res.Shaped {
-		fmt.Printf("-----> %s %s %s: %s\n", s.Container, s.Interface, s.Direction, s.Budget)
+		fmt.Printf("-----> %s %s %s: %s\n", s.Container, s.Interface, s.Direction, res.BudgetLabel(s.Budget))
 	}
 	for _, u := range res.Unshaped {
 		if u.Err == nil {
@@ -426,7 +426,7 @@ func printResult(res reconcile.Result) {
 		fmt.Printf(" !     warning: %s\n", w)
 	}
 	for _, a := range res.Removed {
-		fmt.Printf("-----> detached %s from %s\n", a.Device, a.Budget)
+		fmt.Printf("-----> detached %s from %s\n", a.Device, res.BudgetLabel(a.Budget))
 	}
 }
 

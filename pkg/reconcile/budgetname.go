@@ -14,8 +14,8 @@ import (
 // and of the scope too if it still does not fit. "~" starts no Dokku app name
 // or process type, so a hashed part never equals a plain one, and ownership
 // and stale-app checks recognise both forms by hashing the apps they know.
-// Report and apply show Want.Scope and the app they were asked about, never
-// the budget name, so users always see the real names.
+// What users read shows the real names: report prints Want.Scope, apply
+// prints Result.BudgetLabel.
 
 // MaxBudgetName is the longest name the shaper accepts (pkg/shaper maxNameLen).
 const MaxBudgetName = 127
@@ -69,6 +69,23 @@ func ParseBudgetName(name string) (ref BudgetRef, ok bool) {
 		return BudgetRef{}, false
 	}
 	return BudgetRef{App: app, Scope: scope, Direction: d}, true
+}
+
+// BudgetLabel is a budget of this result as a user should read it: the real
+// app and scope names in place of hashed ones, where the result knows them (a
+// scope no longer configured is known only by its budget name).
+func (r Result) BudgetLabel(name string) string {
+	ref, ok := ParseBudgetName(name)
+	if !ok || !ref.OwnedBy(r.App) {
+		return name
+	}
+	ref.App = r.App
+	for _, w := range r.Wants {
+		if w.Budget.Name == name {
+			ref.Scope = w.Scope
+		}
+	}
+	return ref.String()
 }
 
 // ownedBy reports whether a budget name belongs to app.

@@ -83,6 +83,18 @@ func TestBudgetNames(t *testing.T) {
 			seen[name] = key
 		}
 	}
+	// apply prints the real names, hashed or not.
+	res := Result{App: longApp, Wants: []Want{{Scope: longProc, Direction: Egress, Budget: shaper.Budget{Name: BudgetName(longApp, longProc, Egress)}}}}
+	for name, want := range map[string]string{
+		BudgetName(longApp, longProc, Egress):      longApp + "/" + longProc + "/egress",
+		BudgetName(longApp, DefaultScope, Ingress): longApp + "/_default_/ingress",
+		BudgetName(longApp, longProc, Ingress):     longApp + "/" + hashed(longProc) + "/ingress", // not configured: scope unknown
+		BudgetName("shop", "web", Egress):          "shop/web/egress",                             // another app's: as it is
+	} {
+		if got := res.BudgetLabel(name); got != want {
+			t.Errorf("BudgetLabel(%q) = %q, want %q", name, got, want)
+		}
+	}
 	for _, bad := range []string{"", "shop", "shop/web", "shop/web/sideways", "/web/egress", "shop//egress", "shop/web/egress/x"} {
 		if ref, ok := ParseBudgetName(bad); ok {
 			t.Errorf("ParseBudgetName(%q) = %+v, want not ours", bad, ref)
