@@ -24,10 +24,11 @@ func TestVMLiveRateChange(t *testing.T) {
 		settle   = time.Second     // the promise: the new rate within this
 		step     = 250 * time.Millisecond
 		// cleared: the rate after clearing must exceed the old limit by this factor. An enforced
-		// 50 Mbit/s budget delivers at most (1+tolerance) of it, 1.03x over the 1 s window; the
-		// guest carries 280-1400 Mbit/s unshaped (test/vm/README.md), so 2x separates the two
-		// outcomes by physics, not by an earlier probe of this guest's speed.
-		cleared = 2.0
+		// 50 Mbit/s budget delivers at most (1+tolerance) of it, 1.03x over the 1 s window, so
+		// 1.5x is an outcome no enforced limit produces: physics, not an earlier probe of this
+		// guest's speed. Unshaped, a guest carries 280-1400 Mbit/s (test/vm/README.md); the
+		// slowest cleared flow seen, with three TCG guests on the host's two cores, ran at 2x.
+		cleared = 1.5
 	)
 	for _, d := range directions {
 		t.Run(string(d), func(t *testing.T) {
