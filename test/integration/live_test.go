@@ -128,7 +128,7 @@ func TestVMLiveRateChange(t *testing.T) {
 			}
 			// Unshaped again: a rate no enforced limit of `to` could produce (see cleared).
 			if clearedBps < cleared*to {
-				t.Errorf("after %s the flow runs at %s Mbit/s, want above %s (%.0fx the old limit)",
+				t.Errorf("after %s the flow runs at %s Mbit/s, want above %s (%.1fx the old limit)",
 					how, mbit(clearedBps), mbit(cleared*to), cleared)
 			}
 			if d == Egress {
