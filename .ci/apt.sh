@@ -35,9 +35,11 @@ apt_run() {
 	log=$1
 	shift
 	st=$log.status
-	# A pipeline's status is tee's: the command's own goes through a file.
+	# A pipeline's status is tee's: the command's own goes through a file
+	# (an and-or list, so that set -e does not end the group first).
 	{
-		if "$@"; then echo 0; else echo $?; fi >"$st"
+		"$@" && s=0 || s=$?
+		echo "$s" >"$st"
 	} 2>&1 | tee "$log"
 	return "$(cat "$st")"
 }

@@ -30,6 +30,7 @@ case $1 in
 update) touch "$STATE/updated"; echo "Reading package lists..."; exit 0 ;;
 download)
 	p=$3
+	echo "Reading package lists..."
 	grep -qx "$p" "$lists" 2>/dev/null || { echo "E: Unable to locate package $p" >&2; exit 100; }
 	grep -qx "$p" "$STATE/gone" 2>/dev/null && { echo "E: Failed to fetch http://deb.debian.org/$p.deb  404  Not Found" >&2; exit 100; }
 	echo fake >"${p}_1_amd64.deb"; exit 0 ;;
@@ -39,7 +40,7 @@ install)
 		case $p in -*) continue ;; esac
 		grep -qx "$p" "$lists" 2>/dev/null || { echo "E: Unable to locate package $p" >&2; exit 100; }
 	done
-	for p in "$@"; do case $p in -*) ;; *) echo "$p" >>"$STATE/installed" ;; esac; done
+	for p in "$@"; do case $p in -*) ;; *) echo "$p" >>"$STATE/installed"; echo "Setting up $p ..." ;; esac; done
 	exit 0 ;;
 esac
 exit 1
