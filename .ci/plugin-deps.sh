@@ -14,4 +14,4 @@ if [ "$(id -u)" != 0 ]; then
 fi
 # Debian's sudo ships /etc/sudoers with `@includedir /etc/sudoers.d`, which
 # the plugin relies on.
-DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends sudo
+"$(dirname "$0")/apt.sh" install sudo # refreshes stale lists once if needed

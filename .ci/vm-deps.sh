@@ -17,11 +17,11 @@ for p in $pkgs; do
 done
 if [ -n "$missing" ]; then
 	echo "vm-deps: installing$missing"
-	# Only refresh the lists when they are absent (a fresh container); otherwise installs are offline-fast.
-	if [ -z "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v -e lock -e partial)" ]; then
-		apt-get update -q
-	fi
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
+	# Lists are refreshed only when a package has no candidate or the install meets stale lists
+	# (.ci/apt.sh): otherwise installs stay offline-fast.
+	. .ci/apt.sh
+	# shellcheck disable=SC2086 # one word per package
+	apt_install $missing
 else
 	echo "vm-deps: packages present"
 fi

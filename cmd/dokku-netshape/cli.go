@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"slices"
 	"strings"
 	"time"
 
@@ -371,12 +370,18 @@ func applyCommand() *cli.Command {
 				}
 			}
 			return asRoot(c.Context, args, func() error {
-				err := applyApps(c.Context, apps, c.Bool("force"))
-				if c.Bool("all") {
-					// Deleted apps are cleaned up even when some live app could not be shaped.
-					err = errors.Join(err, removeStale(env, apps))
-				}
-				return err
+				return withReconciler(c.Context, c.Bool("force"), func(r *reconcile.Reconciler) error {
+					err := reconcileApps(c.Context, r, apps)
+					if c.Bool("all") {
+						// Deleted apps are cleaned up even when some live app could not be shaped.
+						gone, gerr := r.RemoveGone()
+						for _, app := range gone {
+							fmt.Printf("-----> Removed limits of deleted app %s\n", app)
+						}
+						err = errors.Join(err, gerr)
+					}
+					return err
+				})
 			})
 		},
 	}
@@ -428,50 +433,29 @@ func withReconciler(ctx context.Context, force bool, fn func(*reconcile.Reconcil
 }
 
 func applyApps(ctx context.Context, apps []string, force bool) error {
-	return withReconciler(ctx, force, func(r *reconcile.Reconciler) error {
-		var errs []error
-		for _, app := range apps {
-			res, err := r.App(ctx, app)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			printResult(res)
-			if err := res.Err(); err != nil {
-				errs = append(errs, fmt.Errorf("%s: limits saved but not enforced everywhere (traffic there passes unshaped): %w", app, err))
-			}
-		}
-		return errors.Join(errs...)
-	})
+	return withReconciler(ctx, force, func(r *reconcile.Reconciler) error { return reconcileApps(ctx, r, apps) })
 }
 
-// removeStale removes budgets of apps that no longer exist.
-func removeStale(env dokku.Env, apps []string) error {
-	return withReconciler(context.Background(), false, func(r *reconcile.Reconciler) error {
-		budgets, err := r.Shaper.Budgets()
+// reconcileApps reconciles each app in one run of r, printing what it did.
+func reconcileApps(ctx context.Context, r *reconcile.Reconciler, apps []string) error {
+	var errs []error
+	for _, app := range apps {
+		res, err := r.App(ctx, app)
 		if err != nil {
-			return err
+			errs = append(errs, err)
+			continue
 		}
-		var gone []string
-		for _, b := range budgets {
-			app, _, _ := strings.Cut(b.Name, "/")
-			if !slices.Contains(apps, app) && !slices.Contains(gone, app) {
-				gone = append(gone, app)
-			}
+		printResult(res)
+		if err := res.Err(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: limits saved but not enforced everywhere (traffic there passes unshaped): %w", app, err))
 		}
-		for _, app := range gone {
-			if err := r.Remove(app); err != nil {
-				return err
-			}
-			fmt.Printf("-----> Removed limits of deleted app %s\n", app)
-		}
-		return nil
-	})
+	}
+	return errors.Join(errs...)
 }
 
 func printResult(res reconcile.Result) {
 	for _, s := range res.Shaped {
-		fmt.Printf("-----> %s %s %s: %s\n", s.Container, s.Interface, s.Direction, s.Budget)
+		fmt.Printf("-----> %s %s %s: %s\n", s.Container, s.Interface, s.Direction, res.BudgetLabel(s.Budget))
 	}
 	for _, u := range res.Unshaped {
 		if u.Err == nil {
@@ -482,7 +466,7 @@ func printResult(res reconcile.Result) {
 		fmt.Printf(" !     warning: %s\n", w)
 	}
 	for _, a := range res.Removed {
-		fmt.Printf("-----> detached %s from %s\n", a.Device, a.Budget)
+		fmt.Printf("-----> detached %s from %s\n", a.Device, res.BudgetLabel(a.Budget))
 	}
 }
 

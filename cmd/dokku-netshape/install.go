@@ -342,8 +342,9 @@ func writeAtomicChecked(path string, content []byte, mode os.FileMode, check fun
 
 // uninstall removes everything the plugin attached, pinned or wrote outside
 // Dokku's config: the watcher (first, so it cannot re-attach), every budget
-// (detaching its devices), leftover attachments, the pins, the lock file,
-// the sudoers grant, the unit and the root-owned binary. Dokku's properties stay: they are Dokku's
+// (detaching its devices), leftover attachments and the pins (reconcile's
+// RemoveAll, under the lock), then the lock file, the sudoers grant, the unit
+// and the root-owned binary. Dokku's properties stay: they are Dokku's
 // resource settings, not ours.
 func uninstall(ctx context.Context) error {
 	if os.Geteuid() != 0 {
@@ -359,6 +360,11 @@ func uninstall(ctx context.Context) error {
 			}
 		}
 	}
+	// Under the reconcile lock, like every other change to the shaping: a
+	// post-deploy or apply still running finishes first and cannot re-attach.
+	if err := withReconciler(ctx, false, func(r *reconcile.Reconciler) error { return r.RemoveAll() }); err != nil {
+		errs = append(errs, err)
+	}
 	// The running binary may be rootBinPath() itself: unlinking it is fine.
 	for _, p := range []string{unit, unit + ".netshape-tmp", sudoersPath(), sudoersPath() + ".netshape-tmp",
 		rootBinPath(), rootBinPath() + ".netshape-tmp", envOr(envLock, reconcile.DefaultLockPath)} {
@@ -371,51 +377,10 @@ func uninstall(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("systemctl daemon-reload: %v: %s", err, bytes.TrimSpace(out)))
 		}
 	}
-	if err := removeAllShaping(); err != nil {
-		errs = append(errs, err)
-	}
 	if len(errs) == 0 {
 		fmt.Println("-----> netshape: removed every limit, pin, sudoers grant and unit it installed")
 	}
 	return errors.Join(errs...)
-}
-
-// removeAllShaping detaches and deletes every budget, then the pins.
-func removeAllShaping() error {
-	s, err := shaper.Open(shaper.Options{PinDir: os.Getenv(envPinDir)})
-	if err != nil {
-		return fmt.Errorf("open pinned state: %w", err)
-	}
-	budgets, err := s.Budgets()
-	if err != nil {
-		s.Close()
-		return fmt.Errorf("list budgets: %w", err)
-	}
-	var errs []error
-	for _, b := range budgets {
-		if err := s.RemoveBudget(b.Name); err != nil {
-			errs = append(errs, fmt.Errorf("remove budget %s: %w", b.Name, err))
-		}
-	}
-	// Whatever is still recorded belongs to no budget (an interrupted
-	// reconcile): detach it too, or it would outlive the plugin.
-	atts, err := s.Attachments()
-	if err != nil {
-		errs = append(errs, fmt.Errorf("list attachments: %w", err))
-	}
-	for _, a := range atts {
-		if err := s.Detach(a.Device); err != nil {
-			errs = append(errs, fmt.Errorf("detach %s: %w", a.Device, err))
-		}
-	}
-	if _, err := s.Prune(); err != nil {
-		errs = append(errs, fmt.Errorf("prune attachments: %w", err))
-	}
-	if len(errs) > 0 {
-		s.Close() // keep the pins: they are how a retry finds what is left
-		return errors.Join(errs...)
-	}
-	return s.Destroy()
 }
 
 // sudoFailure explains a failed `sudo -n BIN ARGS...` run by asRoot. sudo

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strings"
 
 	"github.com/dokku-netshape/dokku-netshape/pkg/containers"
 	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
@@ -40,6 +39,8 @@ type Lister interface {
 }
 
 // Reconciler holds what App needs. Shaper may be nil for a read-only report.
+// One Reconciler is one run (a command, one watcher pass) under the reconcile
+// lock: it prunes the records of vanished devices once, not once per app.
 type Reconciler struct {
 	Env    dokku.Env
 	Docker Lister
@@ -50,6 +51,11 @@ type Reconciler struct {
 	Log io.Writer
 	// Interfaces maps a container netns to its veths; nil means veth.Interfaces.
 	Interfaces func(netnsPath string) ([]veth.Pair, error)
+
+	// pruned: the shaper's records of vanished devices were pruned in this
+	// run (see pruneOnce); prune is Shaper.Prune unless a test counts it.
+	pruned bool
+	prune  func() ([]shaper.Attachment, error)
 }
 
 // Want is one configured budget of an app.
@@ -100,17 +106,6 @@ func (r Result) Err() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// BudgetName is the shaper budget of an app's scope and direction.
-func BudgetName(app, scope string, dir Direction) string {
-	return app + "/" + scope + "/" + string(dir)
-}
-
-// ownedBy reports whether a budget name belongs to app.
-func ownedBy(budget, app string) bool {
-	rest, ok := strings.CutPrefix(budget, app+"/")
-	return ok && strings.Count(rest, "/") == 1
 }
 
 // Wants reads the app's configured network limits for the given process types.
@@ -192,7 +187,7 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 	if res.Wants, err = r.Wants(app, processTypes(list)); err != nil {
 		return res, err
 	}
-	if _, err := r.Shaper.Prune(); err != nil {
+	if err := r.pruneOnce(); err != nil {
 		return res, err
 	}
 	for _, w := range res.Wants {
@@ -363,22 +358,6 @@ func (r *Reconciler) Status(ctx context.Context, app string) (Result, error) {
 			Err: errors.New("limit configured but not attached")})
 	}
 	return res, nil
-}
-
-// Remove detaches and deletes every budget of an app (post-delete, clear --all).
-func (r *Reconciler) Remove(app string) error {
-	budgets, err := r.Shaper.Budgets()
-	if err != nil {
-		return err
-	}
-	for _, b := range budgets {
-		if ownedBy(b.Name, app) {
-			if err := r.Shaper.RemoveBudget(b.Name); err != nil {
-				return fmt.Errorf("remove limits of %s: %w", app, err)
-			}
-		}
-	}
-	return nil
 }
 
 func (r *Reconciler) warn(format string, args ...any) {

@@ -40,17 +40,27 @@ type rateResult struct {
 	retrans  int64
 	st       shaper.Stats
 	tol      float64
+	// ref is the unshaped reference measured around the window (bracket), 0 if none was taken:
+	// then the rate is one this guest always carries with headroom and the lower bound holds.
+	ref float64
 }
 
 func (r rateResult) ratio() float64 { return r.achieved / r.target }
+
+// lowerBound reports whether undershoot is asserted: unless a reference taken in the same
+// moment shows the guest could not carry the rate with headroom.
+func (r rateResult) lowerBound() bool { return r.ref == 0 || r.ref >= headroom*r.target }
 
 func (r rateResult) fields(extra map[string]any) map[string]any {
 	m := map[string]any{
 		"direction": string(r.dir), "target_bps": r.target, "achieved_bps": r.achieved, "ratio": r.ratio(),
 		"window_s": r.window.Seconds(), "tolerance": r.tol, "tolerance_low": r.tol + tcgSlack,
-		"retransmits": r.retrans, "measured": true,
+		"retransmits": r.retrans, "measured": true, "lower_bound_asserted": r.lowerBound(),
 		"target":       fmt.Sprintf("within %.0f%% over %s", targetRateRatio*100, targetWindow),
 		"meets_target": r.window >= targetWindow && abs(r.ratio()-1) <= targetRateRatio,
+	}
+	if r.ref > 0 {
+		m["reference_bps"] = r.ref
 	}
 	for k, v := range statsFields(r.st) {
 		m[k] = v
@@ -61,12 +71,18 @@ func (r rateResult) fields(extra map[string]any) map[string]any {
 	return m
 }
 
-// check asserts the honest tolerance: no overshoot beyond tol, no undershoot beyond tol+tcgSlack.
+// check asserts the honest tolerance: no overshoot beyond tol, ever; no undershoot beyond
+// tol+tcgSlack where the guest had the headroom to carry the rate (lowerBound).
 func (r rateResult) check(t *testing.T, what string) {
 	t.Helper()
-	if q := r.ratio(); q > 1+r.tol || q < 1-r.tol-tcgSlack {
+	q := r.ratio()
+	switch {
+	case q > 1+r.tol || (r.lowerBound() && q < 1-r.tol-tcgSlack):
 		t.Errorf("%s %s: %s Mbit/s for %s Mbit/s (ratio %.4f), allowed %.4f..%.4f over %s",
 			what, r.dir, mbit(r.achieved), mbit(r.target), q, 1-r.tol-tcgSlack, 1+r.tol, r.window)
+	case !r.lowerBound():
+		t.Logf("%s %s: %s Mbit/s for %s Mbit/s: only the upper bound is asserted, the guest carried %s Mbit/s unshaped around the window (< %.0fx the rate)",
+			what, r.dir, mbit(r.achieved), mbit(r.target), mbit(r.ref), headroom)
 	}
 }
 
@@ -77,20 +93,21 @@ func abs(x float64) float64 {
 	return x
 }
 
-// TestVMSingleFlowRate: one TCP flow through a budget of 1, 20, 100 (and 500 where the guest
-// carries it) Mbit/s, each direction, measured at the receiver over the target's 10 s window.
+// TestVMSingleFlowRate: one TCP flow through a budget of 1, 20, 100 and 500 Mbit/s, each
+// direction, measured at the receiver over the target's 10 s window. The upper bound holds at
+// every rate; the lower one where an unshaped reference right around the window had headroom
+// (500 Mbit/s needs a fast moment of the TCG guest).
 func TestVMSingleFlowRate(t *testing.T) {
 	vmresult.RequireVM(t)
 	for _, d := range directions {
 		for _, rate := range []float64{1e6, 20e6, 100e6, 500e6} {
 			t.Run(fmt.Sprintf("%s/%smbit", d, mbit(rate)), func(t *testing.T) {
-				if !carried(t, d, rate, "single_flow_rate") {
-					return
-				}
 				s := openShaper(t)
-				w := newWorld(t, 1)
+				w := newWorld(t, 2)
 				a := w.apps[0]
+				ref := startBracket(t, w, w.apps[1], d)
 				r := bulk(t, s, w, []*app{a}, d, shaper.Budget{Name: "single/" + string(d), Rate: uint64(rate)}, 1, targetWindow)
+				r.ref = ref.end(t)
 				vmresult.Report(t, "single_flow_rate", r.fields(nil))
 				t.Logf("%s %s Mbit/s: %s Mbit/s (ratio %.4f, tol %.4f), retrans %d, dropped %d, marked %d",
 					d, mbit(rate), mbit(r.achieved), r.ratio(), r.tol, r.retrans, r.st.Dropped, r.st.Marked)

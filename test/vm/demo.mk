@@ -13,5 +13,5 @@ DEMO_PHASE  ?= 7s
 
 # The guest runs the host's own dockerd (it is a copy-on-write clone of the host's root).
 demo: vm-deps
-	@command -v dockerd >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io
+	@command -v dockerd >/dev/null || .ci/apt.sh install docker.io
 	DEMO_KERNEL=$(DEMO_KERNEL) DEMO_PHASE=$(DEMO_PHASE) DEMO_OUT=$(VM_OUT)/demo demo/run.sh

@@ -10,6 +10,9 @@
 # asks apt for the current packages even when both series are cached.
 set -eu
 
+# apt_refresh and friends: refresh stale package lists once when a kernel package cannot be found.
+. "$(dirname "$0")/../../.ci/apt.sh"
+
 cache=${NETSHAPE_VM_CACHE:-${HOME:-/root}/.cache/netshape-vm}
 kdir=$cache/kernels
 mkdir -p "$kdir" "$cache/debs"
@@ -47,37 +50,75 @@ extract_vmlinux() {
 	rm -f "$d/vmlinux"
 }
 
-# fetch ALIAS PACKAGE: make kernels/ALIAS point at an extracted, depmod'ed copy of PACKAGE.
+# resolve ALIAS: the package of a series, pinned by the environment or as apt's lists name it.
+resolve() {
+	case $1 in
+	6.1) echo "${NETSHAPE_VM_PKG_61:-$(pkg61)}" ;;
+	6.12) echo "${NETSHAPE_VM_PKG_612:-$(pkg612)}" ;;
+	esac
+}
+
+# fetch ALIAS: make kernels/ALIAS point at an extracted, depmod'ed copy of its package. Stale apt
+# lists show as no package at all, or as one the mirror no longer has (its download fails): either
+# way the lists are refreshed once and the package resolved and fetched again.
 fetch() {
-	alias=$1 pkg=$2
+	alias=$1
+	pkg=$(resolve "$alias")
+	if [ -z "$pkg" ] && apt_refresh "no $alias kernel package in the lists"; then
+		pkg=$(resolve "$alias")
+	fi
 	if [ -z "$pkg" ]; then
-		# apt has no candidate (no lists?): keep using what is cached rather than failing.
+		# Still none (no network for apt?): keep using what is cached rather than failing.
 		if [ -f "$kdir/$alias/.complete" ]; then
 			echo "fetch-kernels: $alias: no apt candidate, using cached $(readlink "$kdir/$alias")"
 			return 0
 		fi
-		echo "fetch-kernels: $alias: no package found in apt (run apt-get update)" >&2
+		echo "fetch-kernels: $alias: no package found in apt, even after apt-get update" >&2
 		return 1
 	fi
-	# Release name = package name minus "linux-image-" and a trailing "-unsigned".
-	rel=${pkg#linux-image-}
-	rel=${rel%-unsigned}
-	dst=$kdir/$rel
-	if [ -f "$dst/.complete" ]; then
-		[ -f "$dst/vmlinux" ] || extract_vmlinux "$dst" # caches made before vmlinux was extracted
-		ln -sfn "$rel" "$kdir/$alias"
-		echo "fetch-kernels: $alias: cached $rel"
-		return 0
+	cached "$alias" "$pkg" && return 0
+	if ! deb=$(download "$pkg"); then
+		apt_refresh "apt-get download $pkg failed" || return 1
+		pkg=$(resolve "$alias")
+		[ -n "$pkg" ] || { echo "fetch-kernels: $alias: no package found in apt after apt-get update" >&2; return 1; }
+		cached "$alias" "$pkg" && return 0
+		deb=$(download "$pkg") || return 1
 	fi
+	extract "$alias" "$pkg" "$deb"
+}
 
-	echo "fetch-kernels: $alias: downloading $pkg"
-	deb=$(ls "$cache/debs/${pkg}_"*.deb 2>/dev/null | head -n1 || true)
+# release PACKAGE: the kernel release, i.e. the package name minus "linux-image-" and "-unsigned".
+release() {
+	rel=${1#linux-image-}
+	echo "${rel%-unsigned}"
+}
+
+# cached ALIAS PACKAGE: point ALIAS at PACKAGE's release if it is already extracted.
+cached() {
+	rel=$(release "$2")
+	[ -f "$kdir/$rel/.complete" ] || return 1
+	[ -f "$kdir/$rel/vmlinux" ] || extract_vmlinux "$kdir/$rel" # caches made before vmlinux was extracted
+	ln -sfn "$rel" "$kdir/$1"
+	echo "fetch-kernels: $1: cached $rel"
+}
+
+# download PACKAGE: print the path of its .deb, downloaded unless a copy is there (progress on stderr).
+download() {
+	echo "fetch-kernels: downloading $1" >&2
+	deb=$(ls "$cache/debs/${1}_"*.deb 2>/dev/null | head -n1 || true)
 	if [ -z "$deb" ]; then
-		(cd "$cache/debs" && apt-get download -q "$pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
-		deb=$(ls "$cache/debs/${pkg}_"*.deb 2>/dev/null | head -n1 || true)
-		[ -n "$deb" ] || { echo "fetch-kernels: apt-get download $pkg failed" >&2; return 1; }
+		(cd "$cache/debs" && apt-get download -q "$1" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true)
+		deb=$(ls "$cache/debs/${1}_"*.deb 2>/dev/null | head -n1 || true)
+		[ -n "$deb" ] || { echo "fetch-kernels: apt-get download $1 failed" >&2; return 1; }
 	fi
+	echo "$deb"
+}
 
+# extract ALIAS PACKAGE DEB: unpack the kernel and its modules, trim and depmod them, point ALIAS at them.
+extract() {
+	alias=$1 pkg=$2 deb=$3
+	rel=$(release "$pkg")
+	dst=$kdir/$rel
 	tmp=$dst.tmp
 	rm -rf "$tmp"
 	mkdir -p "$tmp"
@@ -116,5 +157,5 @@ if [ -z "${NETSHAPE_VM_REFRESH:-}" ] && [ -f "$kdir/6.1/.complete" ] && [ -f "$k
 	exit 0
 fi
 
-fetch 6.1 "${NETSHAPE_VM_PKG_61:-$(pkg61)}"
-fetch 6.12 "${NETSHAPE_VM_PKG_612:-$(pkg612)}"
+fetch 6.1
+fetch 6.12
