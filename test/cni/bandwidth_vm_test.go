@@ -1,0 +1,409 @@
+//go:build vm
+
+package cni_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"maps"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
+	"github.com/dokku-netshape/dokku-netshape/pkg/dokku/dokkutest"
+	"github.com/dokku-netshape/dokku-netshape/pkg/k3s"
+	"github.com/dokku-netshape/dokku-netshape/test/nettest"
+	"github.com/dokku-netshape/dokku-netshape/test/tools/traffic"
+)
+
+const (
+	// containerd's CRI (toCNIBandWidth) sets this burst, in bits, for every
+	// direction that has a rate; libcni passes it on as runtimeConfig.
+	runtimeBurst = math.MaxUint32
+	// Ethernet+IPv4+TCP around each segment's payload (timestamps added below).
+	ethIPTCPHeader = 14 + 20 + 20
+	tcpTimestamp   = 12
+	// psched ticks are 64 ns (PSCHED_SHIFT 6).
+	tickNs = 64
+)
+
+// podAnnotations merges the scheduler-k3s maps of one process type the way
+// the chart does: the --global map, then the process type's over it.
+func podAnnotations(t *testing.T, env dokku.Env, app, proc string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, prop := range []string{dokku.PodAnnotationsProperty(""), dokku.PodAnnotationsProperty(proc)} {
+		m, err := env.Properties(dokku.K3sPlugin).GetMap(app, prop)
+		if err != nil {
+			t.Fatal(err)
+		}
+		maps.Copy(out, m)
+	}
+	return out
+}
+
+// runtimeBandwidth is what kubelet + containerd make of a pod's annotations
+// (kubernetes pkg/util/bandwidth ExtractPodBandwidthResources, then
+// toCNIBandWidth): rates in bits per second, the fixed burst.
+func runtimeBandwidth(t *testing.T, ann map[string]string) map[string]uint64 {
+	t.Helper()
+	bw := map[string]uint64{}
+	for key, dir := range map[string]string{k3s.IngressAnnotation: "ingress", k3s.EgressAnnotation: "egress"} {
+		v, ok := ann[key]
+		if !ok {
+			continue
+		}
+		q, err := resource.ParseQuantity(v)
+		if err != nil {
+			t.Fatalf("kubelet cannot parse %s=%q: %v", key, v, err)
+		}
+		if q.Value() < 1000 || q.Value() > 1e15 {
+			t.Fatalf("kubelet refuses %s=%q (outside 1k..1P)", key, v)
+		}
+		bw[dir+"Rate"] = uint64(q.Value())
+		bw[dir+"Burst"] = runtimeBurst
+	}
+	return bw
+}
+
+// cniAdd runs the plugin as libcni runs a chained plugin: the previous
+// plugin's result (host veth, container eth0 in the sandbox) on stdin with
+// the runtimeConfig of the "bandwidth" capability.
+func cniInvoke(t *testing.T, plugin, command, containerID, netnsPath, hostIf string, bw map[string]uint64) []byte {
+	t.Helper()
+	conf := map[string]any{
+		"cniVersion":   "1.0.0",
+		"name":         "cbr0",
+		"type":         "bandwidth",
+		"capabilities": map[string]bool{"bandwidth": true},
+		"runtimeConfig": map[string]any{
+			"bandwidth": bw,
+		},
+		"prevResult": map[string]any{
+			"cniVersion": "1.0.0",
+			"interfaces": []map[string]any{
+				{"name": hostIf},
+				{"name": "eth0", "sandbox": netnsPath},
+			},
+			"ips": []map[string]any{{"address": "10.233.7.2/30", "interface": 1}},
+		},
+	}
+	stdin, err := json.Marshal(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(plugin)
+	cmd.Env = []string{
+		"CNI_COMMAND=" + command, "CNI_CONTAINERID=" + containerID, "CNI_NETNS=" + netnsPath,
+		"CNI_IFNAME=eth0", "CNI_PATH=" + filepath.Dir(plugin), "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+	}
+	cmd.Stdin = bytes.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("CNI %s: %v\nstdin: %s\nstdout: %s\nstderr: %s", command, err, stdin, stdout.String(), stderr.String())
+	}
+	return stdout.Bytes()
+}
+
+// tbfOf returns the TBF qdisc at the root of a device: its rate (bytes/s)
+// and bucket depth in ns as the kernel holds them.
+func tbfOf(t *testing.T, dev string) (rateBytes uint64, bucketNs uint64) {
+	t.Helper()
+	link, err := netlink.LinkByName(dev)
+	if err != nil {
+		t.Fatalf("%s: %v", dev, err)
+	}
+	qs, err := netlink.QdiscList(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range qs {
+		if tbf, ok := q.(*netlink.Tbf); ok && q.Attrs().Parent == netlink.HANDLE_ROOT {
+			return tbf.Rate, uint64(tbf.Buffer) * tickNs
+		}
+	}
+	t.Fatalf("no root tbf on %s: %v", dev, qs)
+	return 0, 0
+}
+
+type sample struct {
+	at    time.Time
+	bytes int64
+}
+
+// discardSink accepts one connection and counts what arrives, discarding it
+// in the kernel (recv with MSG_TRUNC: no copy to user space), so that the
+// guest's CPU goes into moving bytes: the runtime's burst is 512 MiB.
+type discardSink struct {
+	ln    net.Listener
+	bytes atomic.Int64
+	done  chan struct{}
+}
+
+func newDiscardSink(t *testing.T, ln net.Listener) *discardSink {
+	s := &discardSink{ln: ln, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		rc, err := c.(*net.TCPConn).SyscallConn()
+		if err != nil {
+			return
+		}
+		buf := make([]byte, 4<<20) // never written: MSG_TRUNC only counts
+		for {
+			var n int
+			var rerr error
+			err := rc.Read(func(fd uintptr) bool {
+				n, _, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_TRUNC|unix.MSG_DONTWAIT)
+				return !errors.Is(rerr, unix.EAGAIN)
+			})
+			if err != nil || rerr != nil || n == 0 {
+				return
+			}
+			s.bytes.Add(int64(n))
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-s.done })
+	return s
+}
+
+// sendfileFlow sends zero pages of a memfd with sendfile (no copy from user
+// space) until ctx ends.
+func sendfileFlow(ctx context.Context, t *testing.T, conn *net.TCPConn) *sync.WaitGroup {
+	fd, err := unix.MemfdCreate("netshape-cni", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "memfd")
+	if err := f.Truncate(16 << 20); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer f.Close()
+		for ctx.Err() == nil {
+			if _, err := f.Seek(0, 0); err != nil {
+				return
+			}
+			if _, err := conn.ReadFrom(f); err != nil { // sendfile(2)
+				return
+			}
+		}
+	}()
+	return &wg
+}
+
+// measure sends over dial to the sink for at most maxDur. The bucket starts
+// full: bucket bytes go at line rate, while tokens keep coming at the rate,
+// so shaping shows once the wire bytes received pass bucket + rate·t and the
+// last second ran below twice the rate. After one more second it returns
+// the payload rate at the receiver over window, and the wire factor.
+func measure(t *testing.T, sink *discardSink, addr string, dial traffic.DialFunc, rateBits float64, bucket int64, window, maxDur time.Duration) (payloadBps, wire, burstSecs float64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), maxDur)
+	defer cancel()
+	c, err := dial(ctx, "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := c.(*net.TCPConn)
+	defer conn.Close()
+	wire = wireFactor(t, conn)
+	deadline, _ := ctx.Deadline()
+	conn.SetWriteDeadline(deadline)
+	wg := sendfileFlow(ctx, t, conn)
+	defer func() { cancel(); conn.SetWriteDeadline(time.Now()); wg.Wait() }()
+
+	start := time.Now()
+	var samples []sample
+	var from time.Time
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no full measurement within %s: %d bytes received (bucket %d bytes); load: %s", maxDur, sink.bytes.Load(), bucket, loadavg())
+		case now := <-tick.C:
+			b := sink.bytes.Load()
+			samples = append(samples, sample{now, b})
+			if from.IsZero() && float64(b)*wire >= float64(bucket)+rateBits/8*now.Sub(start).Seconds() {
+				// Rate over the last second, in wire bits.
+				i := len(samples) - 1
+				for i > 0 && now.Sub(samples[i].at) < time.Second {
+					i--
+				}
+				if d := now.Sub(samples[i].at).Seconds(); d > 0.5 && float64(b-samples[i].bytes)*wire*8/d < 2*rateBits {
+					from, burstSecs = now.Add(time.Second), now.Sub(start).Seconds()
+				}
+			}
+			if !from.IsZero() && now.Sub(from) >= window {
+				first := samples[0]
+				for _, s := range samples {
+					if !s.at.Before(from) {
+						first = s
+						break
+					}
+				}
+				last := samples[len(samples)-1]
+				payloadBps = float64(last.bytes-first.bytes) * 8 / last.at.Sub(first.at).Seconds()
+				return payloadBps, wire, burstSecs
+			}
+		}
+	}
+}
+
+func wireFactor(t *testing.T, conn *net.TCPConn) float64 {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info *unix.TCPInfo
+	var ierr error
+	rc.Control(func(fd uintptr) { info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.SOL_TCP, unix.TCP_INFO) })
+	if ierr != nil || info.Snd_mss == 0 {
+		t.Fatalf("TCP_INFO: %v", ierr)
+	}
+	hdr := ethIPTCPHeader
+	if info.Options&1 != 0 { // TCPI_OPT_TIMESTAMPS
+		hdr += tcpTimestamp
+	}
+	return float64(info.Snd_mss+uint32(hdr)) / float64(info.Snd_mss)
+}
+
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	return string(bytes.TrimSpace(b))
+}
+
+// TestVMCNIBandwidthEnforcesTheAnnotations: `set --egress/--ingress` on a
+// k3s app (here pkg/k3s.Sync over its resource keys, as set and apply run
+// it) → the pod annotations → kubelet/containerd's runtimeConfig → the real
+// CNI bandwidth plugin on a veth into a pod netns → TCP at the receiver runs
+// at the configured rate, each direction.
+func TestVMCNIBandwidthEnforcesTheAnnotations(t *testing.T) {
+	nettest.RequireRoot(t)
+	plugin := os.Getenv("NETSHAPE_CNI_BANDWIDTH")
+	if plugin == "" {
+		t.Fatal("NETSHAPE_CNI_BANDWIDTH (the CNI bandwidth plugin built by `make vm-tools`) is not set")
+	}
+	if _, err := os.Stat(plugin); err != nil {
+		t.Fatalf("CNI bandwidth plugin: %v", err)
+	}
+
+	// Dokku side: a k3s app with different limits per direction.
+	f := dokkutest.NewFixture(t)
+	f.AddApp("shop", "web", 1)
+	f.SetScheduler("shop", "k3s")
+	f.SetResource("shop", "", dokku.Limit, dokku.NetworkEgress, "20mbit")
+	f.SetResource("shop", "web", dokku.Limit, dokku.NetworkIngress, "4mbps") // 32 Mbit/s
+	if err := f.Env.Change(time.Minute, func(env dokku.Env) error { _, err := k3s.Sync(env, "shop"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	ann := podAnnotations(t, f.Env, "shop", "web")
+	if ann[k3s.EgressAnnotation] != "20M" || ann[k3s.IngressAnnotation] != "32M" {
+		t.Fatalf("web pod annotations %v, want egress 20M, ingress 32M", ann)
+	}
+	bw := runtimeBandwidth(t, ann)
+	want := map[string]uint64{"egressRate": 20e6, "egressBurst": runtimeBurst, "ingressRate": 32e6, "ingressBurst": runtimeBurst}
+	if !maps.Equal(bw, want) {
+		t.Fatalf("runtimeConfig.bandwidth %v, want %v", bw, want)
+	}
+
+	// The pod: a netns whose eth0 is a veth to this (the node's) namespace.
+	pod := nettest.NewNetns(t, "k3spod")
+	hostIf := "vk3s" + nettest.Suffix()
+	nettest.Run(t, "ip", "link", "add", hostIf, "type", "veth", "peer", "name", "eth0", "netns", pod.Name)
+	t.Cleanup(func() { exec.Command("ip", "link", "del", hostIf).Run() })
+	nettest.Run(t, "ip", "addr", "add", "10.233.7.1/30", "dev", hostIf)
+	nettest.Run(t, "ip", "link", "set", hostIf, "up")
+	pod.Run(t, "ip", "addr", "add", "10.233.7.2/30", "dev", "eth0")
+	pod.Run(t, "ip", "link", "set", "eth0", "up")
+
+	containerID := "netshape-" + nettest.Suffix()
+	cniInvoke(t, plugin, "ADD", containerID, pod.Path, hostIf, bw)
+	t.Cleanup(func() { cniInvoke(t, plugin, "DEL", containerID, pod.Path, hostIf, bw) })
+
+	// Pod ingress is shaped on the host veth, pod egress on the ifb its
+	// ingress is mirrored to: find them and the buckets the kernel holds.
+	inRate, inBucket := tbfOf(t, hostIf)
+	var ifb string
+	links, _ := netlink.LinkList()
+	for _, l := range links {
+		if l.Type() == "ifb" && len(l.Attrs().Name) > 3 && l.Attrs().Name[:3] == "bwp" {
+			ifb = l.Attrs().Name
+		}
+	}
+	if ifb == "" {
+		t.Fatal("the plugin made no bwp* ifb device for the egress limit")
+	}
+	outRate, outBucket := tbfOf(t, ifb)
+	if inRate != 4_000_000 || outRate != 2_500_000 {
+		t.Fatalf("tbf rates: ingress %d B/s on %s, egress %d B/s on %s; want 4000000 and 2500000", inRate, hostIf, outRate, ifb)
+	}
+
+	podListen, err := traffic.ListenIn(pod.Path, "10.233.7.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	podSink := newDiscardSink(t, podListen)
+	hostListen, err := net.Listen("tcp", "10.233.7.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostSink := newDiscardSink(t, hostListen)
+
+	const window = 6 * time.Second
+	for _, tc := range []struct {
+		dir      string
+		sink     *discardSink
+		addr     string
+		dial     traffic.DialFunc
+		rateBits float64
+		bucketNs uint64
+	}{
+		{"egress", hostSink, hostListen.Addr().String(), traffic.DialIn(pod.Path), 20e6, outBucket},
+		{"ingress", podSink, podListen.Addr().String(), traffic.DialIn(""), 32e6, inBucket},
+	} {
+		// What the runtime's burst makes: a bucket of bucketNs at the rate.
+		bucket := int64(float64(tc.bucketNs) / 1e9 * tc.rateBits / 8)
+		if bucket < 500<<20 {
+			t.Errorf("%s: bucket %d bytes, want the runtime's 4 Gibit burst (512 MiB)", tc.dir, bucket)
+		}
+		got, wire, burst := measure(t, tc.sink, tc.addr, tc.dial, tc.rateBits, bucket, window, 280*time.Second)
+		wantPayload := tc.rateBits / wire
+		// TBF is exact over a busy window (TCP keeps its queue non-empty:
+		// the plugin's limit is the burst plus 25 ms of rate). The slack is
+		// timing at the receiver: a read or a sample late by up to 150 ms
+		// at either end of the 6 s window under TCG (5 %), which also
+		// covers a 64 KiB GSO segment leaving the bucket at once (<1 %).
+		const tol = 2 * 0.150 / 6
+		t.Logf("%s: configured %.0f bit/s; bucket %.2f s = %d bytes, passed at line rate for %.1f s; then payload %.3f Mbit/s, want %.3f ±%.1f%%",
+			tc.dir, tc.rateBits, float64(tc.bucketNs)/1e9, bucket, burst, got/1e6, wantPayload/1e6, tol*100)
+		if got > wantPayload*(1+tol) {
+			t.Errorf("%s: %.3f Mbit/s of payload exceeds the %.0f bit/s the annotation configures (want ≤ %.3f)", tc.dir, got/1e6, tc.rateBits, wantPayload*(1+tol)/1e6)
+		}
+		if got < wantPayload*(1-tol) {
+			t.Errorf("%s: %.3f Mbit/s of payload is below the configured %.0f bit/s (want ≥ %.3f); load: %s", tc.dir, got/1e6, tc.rateBits, wantPayload*(1-tol)/1e6, loadavg())
+		}
+	}
+}
