@@ -473,7 +473,7 @@ func applyApps(ctx context.Context, apps []string, force bool) error {
 	// k3s apps first, under the config lock only; reconcile then finds
 	// nothing to attach for them and removes what an earlier
 	// docker-local deploy left attached.
-	_, clusterErr := syncClusterApps(dokku.EnvFromOS(), apps)
+	clusterErr := syncClusterApps(dokku.EnvFromOS(), apps)
 	return errors.Join(clusterErr, withReconciler(ctx, force, func(r *reconcile.Reconciler) error {
 		var errs []error
 		for _, app := range apps {

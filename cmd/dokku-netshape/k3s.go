@@ -43,9 +43,9 @@ func printClusterLimits(app string, scopes []k3s.Scope) {
 }
 
 // syncClusterApps writes the pod annotations of the k3s apps among apps,
-// each as one change under the config lock, and returns the other apps.
-// Run it without holding the reconcile lock: the two never nest.
-func syncClusterApps(env dokku.Env, apps []string) (local []string, err error) {
+// each as one change under the config lock. Run it without holding the
+// reconcile lock: the two never nest.
+func syncClusterApps(env dokku.Env, apps []string) error {
 	var errs []error
 	for _, app := range apps {
 		isK3s, err := env.IsK3s(app)
@@ -54,7 +54,6 @@ func syncClusterApps(env dokku.Env, apps []string) (local []string, err error) {
 			continue
 		}
 		if !isK3s {
-			local = append(local, app)
 			continue
 		}
 		var scopes []k3s.Scope
@@ -69,5 +68,5 @@ func syncClusterApps(env dokku.Env, apps []string) (local []string, err error) {
 		}
 		printClusterLimits(app, scopes)
 	}
-	return local, errors.Join(errs...)
+	return errors.Join(errs...)
 }
