@@ -135,3 +135,25 @@ func TestRootK3sApplyAndReport(t *testing.T) {
 		golden(t, tc.golden, o.stdout)
 	}
 }
+
+// Run as root (apply through sudo, post-deploy, the watcher), the annotation
+// maps and our records still belong to DOKKU_SYSTEM_USER/GROUP, mode 0600,
+// or scheduler-k3s (running as that user) could not read them back.
+func TestRootK3sAnnotationsOwnedByDokkuUser(t *testing.T) {
+	nettest.RequireRoot(t)
+	e := newCLIEnv(t)
+	e.AddApp("shop", "web", 1)
+	e.SetScheduler("shop", "k3s")
+	t.Setenv("DOKKU_SYSTEM_USER", "nobody")
+	t.Setenv("DOKKU_SYSTEM_GROUP", "nogroup")
+	mustRun(t, "dokku-netshape", "set", "shop", "--process-type", "web", "--egress", "3mbit")
+	for _, p := range []string{
+		e.PropertyPath("scheduler-k3s", "shop", "web.pod"),
+		e.PropertyPath("netshape", "shop", "owned-annotations.web.pod"),
+		e.Env.PropertyDir("scheduler-k3s", "shop"),
+		e.Env.PluginConfigDir("scheduler-k3s"),
+	} {
+		wantOwner(t, p, 65534, 65534)
+	}
+	wantProp(t, e, "scheduler-k3s", "shop", "web.pod", `{"kubernetes.io/egress-bandwidth":"3M"}`)
+}
