@@ -13,6 +13,7 @@ import (
 
 	"github.com/dokku-netshape/dokku-netshape/pkg/containers"
 	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
+	"github.com/dokku-netshape/dokku-netshape/pkg/k3s"
 	"github.com/dokku-netshape/dokku-netshape/pkg/limits"
 	"github.com/dokku-netshape/dokku-netshape/pkg/rate"
 	"github.com/dokku-netshape/dokku-netshape/pkg/reconcile"
@@ -122,8 +123,10 @@ func checkTree(env dokku.Env) error {
 	return nil
 }
 
-// networkChanges turns the network flags into resource-plugin writes.
-func networkChanges(c *cli.Context) (map[dokku.ResourceType]string, error) {
+// networkChanges turns the network flags into resource-plugin writes. The
+// bounds are those of whatever enforces them: the local shaper, or for a k3s
+// app what Kubernetes accepts in a pod annotation.
+func networkChanges(c *cli.Context, cluster bool) (map[dokku.ResourceType]string, error) {
 	out := map[dokku.ResourceType]string{}
 	for _, f := range []struct {
 		flag string
@@ -135,6 +138,13 @@ func networkChanges(c *cli.Context) (map[dokku.ResourceType]string, error) {
 		r, err := rate.Parse(c.String(f.flag))
 		if err != nil {
 			return nil, fmt.Errorf("--%s: %w", f.flag, err)
+		}
+		if cluster {
+			if _, err := k3s.Quantity(r); err != nil {
+				return nil, fmt.Errorf("--%s: %w", f.flag, err)
+			}
+			out[f.typ] = r.String()
+			continue
 		}
 		if uint64(r) > shaper.MaxRate {
 			return nil, fmt.Errorf("--%s: %s is above the largest enforceable rate, 1tbit", f.flag, c.String(f.flag))
@@ -152,7 +162,11 @@ func runSet(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	net, err := networkChanges(c)
+	cluster, err := env.IsK3s(app)
+	if err != nil {
+		return err
+	}
+	net, err := networkChanges(c, cluster)
 	if err != nil {
 		return err
 	}
@@ -170,6 +184,7 @@ func runSet(c *cli.Context) error {
 	// One change: checked against what is stored and written under the
 	// config lock, all of it or (undone on any failure) none of it.
 	var done []string
+	var scopes []k3s.Scope
 	err = env.Change(configLockTimeout, func(env dokku.Env) error {
 		done = nil
 		if err := lim.Validate(env); err != nil {
@@ -194,6 +209,13 @@ func runSet(c *cli.Context) error {
 				done = append(done, fmt.Sprintf("-----> Set %s %s limit for %s to %s", procLabel(proc), typ, app, v))
 			}
 		}
+		if cluster && len(net) > 0 {
+			// In the same change: an operator's annotation on the same
+			// key undoes the resource writes too.
+			var err error
+			scopes, err = k3s.Sync(env, app)
+			return err
+		}
 		return nil
 	})
 	if err != nil {
@@ -202,9 +224,13 @@ func runSet(c *cli.Context) error {
 	for _, l := range done {
 		fmt.Println(l)
 	}
+	if cluster && len(net) > 0 {
+		printClusterLimits(app, scopes)
+		net = nil // nothing to attach here: the pods are the cluster's
+	}
 	// Applying happens after the config lock is released: the root apply
 	// takes the reconcile lock, and may wait on it.
-	if c.Bool("no-apply") {
+	if c.Bool("no-apply") && (len(net) > 0 || !lim.Empty()) {
 		fmt.Println("-----> Not applied (--no-apply): takes effect at the next deploy or `dokku-netshape apply " + app + "`")
 		return nil
 	}
@@ -260,12 +286,24 @@ func runClear(c *cli.Context) error {
 	if all {
 		egress, ingress = true, true
 	}
+	cluster, err := env.IsK3s(app)
+	if err != nil {
+		return err
+	}
+	var scopes []k3s.Scope
 	err = env.Change(configLockTimeout, func(env dokku.Env) error {
 		if err := clearNetwork(env, app, proc, egress, ingress); err != nil {
 			return err
 		}
 		if all {
-			return limits.Clear(env, app, proc)
+			if err := limits.Clear(env, app, proc); err != nil {
+				return err
+			}
+		}
+		if cluster {
+			var err error
+			scopes, err = k3s.Sync(env, app)
+			return err
 		}
 		return nil
 	})
@@ -285,6 +323,10 @@ func runClear(c *cli.Context) error {
 	}
 	if all {
 		fmt.Printf("-----> Cleared %s memory, CPU and blkio limits of %s (running containers keep theirs until the next deploy: Docker cannot remove a limit live)\n", procLabel(proc), app)
+	}
+	if cluster {
+		printClusterLimits(app, scopes)
+		return nil // nothing attached here to remove
 	}
 	if c.Bool("no-apply") {
 		return nil
@@ -433,7 +475,11 @@ func withReconciler(ctx context.Context, force bool, fn func(*reconcile.Reconcil
 }
 
 func applyApps(ctx context.Context, apps []string, force bool) error {
-	return withReconciler(ctx, force, func(r *reconcile.Reconciler) error { return reconcileApps(ctx, r, apps) })
+	// k3s apps first, under the config lock only; reconcile then finds
+	// nothing to attach for them and removes what an earlier
+	// docker-local deploy left attached.
+	clusterErr := syncClusterApps(dokku.EnvFromOS(), apps)
+	return errors.Join(clusterErr, withReconciler(ctx, force, func(r *reconcile.Reconciler) error { return reconcileApps(ctx, r, apps) }))
 }
 
 // reconcileApps reconciles each app in one run of r, printing what it did.

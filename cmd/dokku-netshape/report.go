@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
+	"github.com/dokku-netshape/dokku-netshape/pkg/k3s"
 	"github.com/dokku-netshape/dokku-netshape/pkg/limits"
 	"github.com/dokku-netshape/dokku-netshape/pkg/rate"
 	"github.com/dokku-netshape/dokku-netshape/pkg/reconcile"
@@ -23,7 +24,7 @@ import (
 // reportFields are the `--netshape-FIELD` names, in display order.
 var reportFields = []string{
 	"egress", "ingress", "process-limits", "memory", "memory-swap", "cpus", "docker-options",
-	"shaped", "unshaped", "warnings", "counters",
+	"shaped", "unshaped", "warnings", "counters", "cluster",
 }
 
 func reportCommand() *cli.Command {
@@ -214,6 +215,20 @@ func appReport(ctx context.Context, r *reconcile.Reconciler, app string) (map[st
 	if err != nil {
 		return nil, err
 	}
+	if st.Scheduler != "" {
+		// Nothing local to look at: the configured limits of every
+		// process type, and the pod annotations that carry them.
+		procs, err := r.Env.ResourceProcessTypes(app)
+		if err != nil {
+			return nil, err
+		}
+		if st.Wants, err = r.Wants(app, procs); err != nil {
+			return nil, err
+		}
+		if f["cluster"], err = clusterReport(r.Env, app, st.Wants); err != nil {
+			return nil, err
+		}
+	}
 	var procLimits []string
 	for _, w := range st.Wants {
 		v := rate.Rate(w.Budget.Rate).String()
@@ -264,4 +279,20 @@ func appReport(ctx context.Context, r *reconcile.Reconciler, app string) (map[st
 	}
 	f["counters"] = strings.Join(counters, "; ")
 	return f, nil
+}
+
+// clusterReport is the "cluster" field of a k3s app: the pod annotations this
+// tool wrote and who enforces them.
+func clusterReport(env dokku.Env, app string, wants []reconcile.Want) (string, error) {
+	cur, err := k3s.Current(env, app)
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case len(cur) > 0:
+		return fmt.Sprintf("k3s: pod annotations %s, %s", describeScopes(cur), clusterNote(app)), nil
+	case len(wants) > 0:
+		return fmt.Sprintf("k3s: limits not yet written as pod annotations: run `dokku netshape:apply %s`", app), nil
+	}
+	return "k3s: no limits", nil
 }

@@ -3,6 +3,7 @@ package dokku
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -324,4 +325,35 @@ func (e Env) writeFileAtomic(path, tmpDir string, content []byte, mode fs.FileMo
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// GetMap reads a map property the way PropertyMapGet does: a missing key or
+// an empty file is an empty map, anything else must be a JSON object of
+// strings.
+func (p Properties) GetMap(app, key string) (map[string]string, error) {
+	v, ok, err := p.Get(app, key)
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]string{}
+	if !ok || v == "" {
+		return m, nil
+	}
+	if err := json.Unmarshal([]byte(v), &m); err != nil {
+		return nil, fmt.Errorf("read %s map property %s.%s: not a JSON object of strings: %w", p.Plugin, app, key, err)
+	}
+	return m, nil
+}
+
+// SetMap writes a map property byte for byte as PropertyMapWrite does:
+// json.Marshal of the map (keys sorted, no trailing newline), "{}" for none.
+func (p Properties) SetMap(app, key string, m map[string]string) error {
+	if m == nil {
+		m = map[string]string{}
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("write %s map property %s.%s: %w", p.Plugin, app, key, err)
+	}
+	return p.write(app, key, b)
 }

@@ -95,6 +95,9 @@ type Result struct {
 	Unshaped []Unshaped
 	Warnings []string // shaped, but the container could undo it
 	Removed  []shaper.Attachment
+	// Scheduler is set ("k3s") when the app's pods run in a cluster whose
+	// CNI enforces its limits (pkg/k3s): nothing is attached here for it.
+	Scheduler string
 }
 
 // Err joins every failure to enforce a configured limit; nil when all held.
@@ -184,7 +187,12 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 	if err != nil {
 		return res, fmt.Errorf("list containers of %s: %w", app, err)
 	}
-	if res.Wants, err = r.Wants(app, processTypes(list)); err != nil {
+	if res.Scheduler, err = r.remote(app); err != nil {
+		return res, err
+	}
+	if res.Scheduler != "" {
+		list = nil // no wants: what was attached before the move is removed below
+	} else if res.Wants, err = r.Wants(app, processTypes(list)); err != nil {
 		return res, err
 	}
 	if err := r.pruneOnce(); err != nil {
@@ -329,6 +337,10 @@ func (r *Reconciler) planContainer(c containers.Container, wants []Want, res *Re
 // With a nil Shaper (not root) every device is reported as unknown.
 func (r *Reconciler) Status(ctx context.Context, app string) (Result, error) {
 	res := Result{App: app}
+	var err error
+	if res.Scheduler, err = r.remote(app); err != nil || res.Scheduler != "" {
+		return res, err
+	}
 	list, err := r.Docker.ListApp(ctx, app)
 	if err != nil {
 		return res, fmt.Errorf("list containers of %s: %w", app, err)
@@ -358,6 +370,14 @@ func (r *Reconciler) Status(ctx context.Context, app string) (Result, error) {
 			Err: errors.New("limit configured but not attached")})
 	}
 	return res, nil
+}
+
+// remote names the scheduler when app's limits are enforced elsewhere.
+func (r *Reconciler) remote(app string) (string, error) {
+	if k3s, err := r.Env.IsK3s(app); err != nil || !k3s {
+		return "", err
+	}
+	return dokku.SchedulerK3s, nil
 }
 
 func (r *Reconciler) warn(format string, args ...any) {

@@ -225,3 +225,49 @@ func sameAttachments(a, b []shaper.Attachment) bool {
 	slices.Sort(kb)
 	return slices.Equal(ka, kb)
 }
+
+// A k3s app's limits are the cluster's (pkg/k3s): App attaches nothing and
+// creates no budget even with a container of the app running here, Status
+// reports the scheduler without asking Docker; the same app on docker-local
+// is planned as usual.
+func TestRootK3sAppIsNotShapedHere(t *testing.T) {
+	nettest.RequireRoot(t)
+	f := dokkutest.NewFixture(t)
+	f.AddApp("shop", "web", 1)
+	f.SetResource("shop", "", dokku.Limit, dokku.Network, "20mbit")
+	f.SetScheduler(dokku.GlobalApp, "k3s")
+	c, _ := fakeContainer(t, "shop", "web", 1, 12)
+	var log bytes.Buffer
+	r := &Reconciler{Env: f.Env, Docker: fakeDocker{"shop": {c}}, Shaper: openShaper(t), Log: &log}
+	res, err := r.App(context.Background(), "shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Scheduler != "k3s" || len(res.Wants)+len(res.Shaped)+len(res.Unshaped) != 0 || log.Len() != 0 {
+		t.Fatalf("k3s app reconciled locally: %+v, log %q", res, log.String())
+	}
+	if bs, _ := r.Shaper.Budgets(); len(bs) != 0 {
+		t.Fatalf("budgets %v for a k3s app", bs)
+	}
+	st, err := (&Reconciler{Env: f.Env, Docker: noDocker{t}}).Status(context.Background(), "shop")
+	if err != nil || st.Scheduler != "k3s" || len(st.Wants)+len(st.Unshaped) != 0 {
+		t.Fatalf("Status = %+v, %v", st, err)
+	}
+
+	f.SetScheduler("shop", "docker-local")
+	res, err = r.App(context.Background(), "shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Scheduler != "" || len(res.Wants) != 2 || len(res.Shaped)+len(res.Unshaped) == 0 {
+		t.Fatalf("docker-local app not planned: %+v", res)
+	}
+}
+
+// noDocker fails a test that lists containers.
+type noDocker struct{ t *testing.T }
+
+func (d noDocker) ListApp(_ context.Context, app string) ([]containers.Container, error) {
+	d.t.Errorf("listed the containers of %s", app)
+	return nil, errors.New("no Docker here")
+}

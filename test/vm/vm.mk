@@ -17,6 +17,8 @@ VM_KERNELS    ?= 6.1,6.12
 VM_TIMEOUT    ?= 10m
 VM_TEST_RUN   ?=
 VM_FLAGS      ?=
+# containernetworking/plugins release whose bandwidth plugin test/cni runs (k3s bundles its own build of it).
+CNI_PLUGINS_VERSION ?= v1.9.1
 
 VM_AUTO_PKGS  := $(patsubst %/,./%,$(dir $(shell grep -rlE --include='*_test.go' \
                    -e 'RequireFq' -e '^//go:build.*\bvm\b' pkg cmd test 2>/dev/null)))
@@ -31,7 +33,8 @@ VM_TEST_FLAGS  = -test.v -test.count=1 $(if $(VM_TEST_RUN),-test.run '$(VM_TEST_
 vm_bin         = $(subst /,_,$(patsubst ./%,%,$(patsubst %/,%,$(1)))).test
 VM_RUN         = $(VM_OUT)/vmrun -init $(VM_OUT)/init -out $(VM_OUT) -kernels $(VM_KERNELS) \
                  -timeout $(VM_TIMEOUT) -env NETSHAPE_LOADGEN=$(VM_ABS_OUT)/loadgen \
-                 -env NETSHAPE_BIN=$(VM_ABS_OUT)/dokku-netshape $(VM_FLAGS)
+                 -env NETSHAPE_BIN=$(VM_ABS_OUT)/dokku-netshape \
+                 -env NETSHAPE_CNI_BANDWIDTH=$(VM_ABS_OUT)/cni/bandwidth $(VM_FLAGS)
 vm_cmd         = -cmd 'cd $(1) && $(VM_ABS_OUT)/bin/$(call vm_bin,$(1)) $(VM_TEST_FLAGS)'
 
 .PHONY: vm-deps vm-kernels vm-tools vm-bins vm-smoke vm-test vm-shell vm-clean
@@ -49,6 +52,9 @@ vm-tools:
 	CGO_ENABLED=0 go build -o $(VM_OUT)/loadgen ./test/tools/loadgen
 	CGO_ENABLED=0 go build -o $(VM_OUT)/dokku-netshape ./cmd/dokku-netshape
 	go build -o $(VM_OUT)/vmrun ./test/vm/vmrun
+	@# The CNI bandwidth plugin k3s chains, for test/cni: built here on the host (the guest has no
+	@# network), from the module proxy, never committed.
+	CGO_ENABLED=0 GOBIN=$(VM_ABS_OUT)/cni go install github.com/containernetworking/plugins/plugins/meta/bandwidth@$(CNI_PLUGINS_VERSION)
 
 vm-bins: vm-tools
 	$(foreach p,$(VM_PKGS),go test -c -tags vm -o $(VM_OUT)/bin/$(call vm_bin,$(p)) $(p) &&) true

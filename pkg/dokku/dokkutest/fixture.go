@@ -15,6 +15,7 @@ package dokkutest
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/user"
@@ -224,4 +225,34 @@ func (f *Fixture) Read(path string) string {
 		f.T.Fatalf("dokkutest: %v", err)
 	}
 	return string(b)
+}
+
+// SetScheduler selects app's scheduler as `dokku scheduler:set APP selected
+// NAME` does (app dokku.GlobalApp for `--global`).
+func (f *Fixture) SetScheduler(app, name string) {
+	f.SetProperty("scheduler", app, "selected", name)
+}
+
+// SetPodAnnotation writes one pod annotation byte for byte as
+// `dokku scheduler-k3s:annotations:set APP KEY VALUE --resource-type pod
+// [--process-type PROC]` does (PropertyMapSet: json.Marshal of the whole
+// map, 0600); proc "" or _default_ is `--global`.
+func (f *Fixture) SetPodAnnotation(app, proc, key, value string) {
+	f.T.Helper()
+	if proc == "" || proc == dokku.DefaultProcess {
+		proc = "--global"
+	}
+	path := f.PropertyPath("scheduler-k3s", app, proc+".pod")
+	m := map[string]string{}
+	if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
+		if err := json.Unmarshal(b, &m); err != nil {
+			f.T.Fatalf("dokkutest: %s: %v", path, err)
+		}
+	}
+	m[key] = value
+	b, err := json.Marshal(m)
+	if err != nil {
+		f.T.Fatalf("dokkutest: %v", err)
+	}
+	f.write(path, string(b), 0o600)
 }

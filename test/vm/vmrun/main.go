@@ -36,8 +36,11 @@ import (
 )
 
 // Loaded in the guest before anything runs: the 9p/overlay stack to reach the host's root, the
-// shaping datapath, and what dockerd needs. Anything else is autoloaded through /lib/modules.
-const defaultModules = "virtio_pci,9pnet_virtio,9p,overlay,veth,sch_fq,sch_ingress,cls_bpf,bridge,br_netfilter"
+// shaping datapath, what dockerd needs, and what the CNI bandwidth plugin uses (test/cni: tbf,
+// ifb, a u32 filter with a mirred action; all modules in Debian's 6.1 and 6.12 kernels).
+// Anything else is autoloaded through /lib/modules.
+const defaultModules = "virtio_pci,9pnet_virtio,9p,overlay,veth,sch_fq,sch_ingress,cls_bpf,bridge,br_netfilter," +
+	"sch_tbf,ifb,cls_u32,act_mirred"
 
 type stringList []string
 
