@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
 	"github.com/dokku-netshape/dokku-netshape/pkg/reconcile"
 	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
 )
@@ -343,8 +344,9 @@ func writeAtomicChecked(path string, content []byte, mode os.FileMode, check fun
 // uninstall removes everything the plugin attached, pinned or wrote outside
 // Dokku's config: the watcher (first, so it cannot re-attach), every budget
 // (detaching its devices), leftover attachments, the pins, the lock file,
-// the sudoers grant, the unit and the root-owned binary. Dokku's properties stay: they are Dokku's
-// resource settings, not ours.
+// the sudoers grant, the unit and the root-owned binary, then our records in
+// config/netshape and that directory. Dokku's properties stay: they are
+// Dokku's resource settings, not ours.
 func uninstall(ctx context.Context) error {
 	if os.Geteuid() != 0 {
 		return errors.New("uninstall must run as root")
@@ -372,6 +374,11 @@ func uninstall(ctx context.Context) error {
 		}
 	}
 	if err := removeAllShaping(); err != nil {
+		errs = append(errs, err)
+	}
+	// Our docker-options ownership records, then config/netshape itself
+	// (the config lock directory): last, so nothing of ours is left in it.
+	if err := dokku.EnvFromOS().RemoveOwnStore(configLockTimeout); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) == 0 {

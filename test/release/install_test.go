@@ -183,6 +183,7 @@ type host struct {
 	base, lib, plugin string
 	sudoers, rootBin  string
 	mark              string
+	before            []string // listing() before any install
 }
 
 func newHost(t *testing.T, f *releaseFixture) *host {
@@ -201,11 +202,13 @@ func newHost(t *testing.T, f *releaseFixture) *host {
 	if err := os.WriteFile(filepath.Join(h.plugin, "release", "SHA256SUMS"), []byte(pin), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, d := range []string{filepath.Dir(h.sudoers), filepath.Join(h.lib, "config"), filepath.Join(base, "home-dokku")} {
+	// What a Dokku host already has before the plugin.
+	for _, d := range []string{filepath.Dir(h.sudoers), filepath.Dir(h.rootBin), filepath.Join(h.lib, "config", "resource"), filepath.Join(base, "home-dokku")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
+	h.before = h.listing(t)
 	return h
 }
 
@@ -242,13 +245,19 @@ func namespaceSetup(withGo bool) string {
 // no arguments, Dokku's environment) inside a private mount namespace.
 func (h *host) runInstall(t *testing.T, withGo bool, extraEnv ...string) runResult {
 	t.Helper()
+	return h.runTrigger(t, withGo, extraEnv, filepath.Join(h.plugin, "install"))
+}
+
+// runTrigger runs one of the plugin's entry points as root the same way.
+func (h *host) runTrigger(t *testing.T, withGo bool, extraEnv []string, trigger string, args ...string) runResult {
+	t.Helper()
 	path := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 	if withGo {
 		path += ":" + filepath.Dir(goBin())
 	} else if p, err := exec.LookPath("go"); err == nil && !strings.HasPrefix(p, "/usr/local/go/") {
 		t.Fatalf("go is at %s, which this test cannot hide", p)
 	}
-	cmd := exec.Command("/bin/sh", "-c", namespaceSetup(withGo), filepath.Join(h.plugin, "install"))
+	cmd := exec.Command("/bin/sh", append([]string{"-c", namespaceSetup(withGo), trigger}, args...)...)
 	cmd.Env = append([]string{
 		"PATH=" + path,
 		"HOME=/root",
@@ -284,7 +293,7 @@ func (h *host) runInstall(t *testing.T, withGo bool, extraEnv ...string) runResu
 	case <-time.After(5 * time.Minute):
 		cmd.Process.Kill()
 		<-done
-		t.Fatalf("install: no end after 5 minutes\nstdout:\n%s\nstderr:\n%s", out.String(), errb.String())
+		t.Fatalf("%s: no end after 5 minutes\nstdout:\n%s\nstderr:\n%s", trigger, out.String(), errb.String())
 	}
 	r := runResult{stdout: out.String(), stderr: errb.String(), took: time.Since(start)}
 	var ee *exec.ExitError
@@ -356,8 +365,53 @@ func TestRootInstallTriggerDownloadsPinnedRelease(t *testing.T) {
 			if r.code != 0 || !strings.Contains(r.stdout, "using the shipped binary ("+f.version+" linux/"+f.arch+")") {
 				t.Errorf("second install (nothing listening) did not reuse the verified binary:\n%s", r)
 			}
+			h.uninstallLeavesNothing(t)
 		})
 	}
+}
+
+// uninstallLeavesNothing: with records in config/netshape as `set` leaves
+// them, `dokku plugin:uninstall netshape` (the uninstall trigger as root,
+// then rm -rf of the plugin dir) leaves the host as it was before install.
+func (h *host) uninstallLeavesNothing(t *testing.T) {
+	t.Helper()
+	record := filepath.Join(h.lib, "config", "netshape", "shop", "owned-docker-options._default_.deploy")
+	if err := os.MkdirAll(filepath.Dir(record), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(record, []byte("--blkio-weight=300"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := h.runTrigger(t, false, nil, filepath.Join(h.plugin, "uninstall"), "netshape")
+	if r.code != 0 {
+		t.Fatalf("uninstall trigger:\n%s", r)
+	}
+	if err := os.RemoveAll(h.plugin); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := h.listing(t), h.before; strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("after uninstall the host holds:\n%s\nbefore install it held:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// listing is every path under the host's base, outside the plugin dir.
+func (h *host) listing(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(h.base, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p == h.plugin {
+			return filepath.SkipDir
+		}
+		out = append(out, strings.TrimPrefix(p, h.base))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // An offline mirror: the same layout under a file:// URL.
