@@ -181,6 +181,7 @@ func tamper(tgz []byte) (tampered, bin []byte, err error) {
 // everything the binary's own install step writes.
 type host struct {
 	base, lib, plugin string
+	enabled           string // plugins/enabled/netshape → plugin, as plugn links it
 	sudoers, rootBin  string
 	mark              string
 	before            []string // listing() before any install
@@ -197,6 +198,7 @@ func newHost(t *testing.T, f *releaseFixture) *host {
 		mark:    filepath.Join(base, "tampered-binary-ran"),
 	}
 	h.plugin = filepath.Join(h.lib, "plugins", "available", "netshape")
+	h.enabled = filepath.Join(h.lib, "plugins", "enabled", "netshape")
 	copyTree(t, h.plugin)
 	pin := sha256Hex(f.good) + "  " + f.name + "\n"
 	if err := os.WriteFile(filepath.Join(h.plugin, "release", "SHA256SUMS"), []byte(pin), 0o644); err != nil {
@@ -208,7 +210,13 @@ func newHost(t *testing.T, f *releaseFixture) *host {
 			t.Fatal(err)
 		}
 	}
+	if err := os.MkdirAll(filepath.Dir(h.enabled), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	h.before = h.listing(t)
+	if err := os.Symlink(h.plugin, h.enabled); err != nil {
+		t.Fatal(err)
+	}
 	return h
 }
 
@@ -245,7 +253,7 @@ func namespaceSetup(withGo bool) string {
 // no arguments, Dokku's environment) inside a private mount namespace.
 func (h *host) runInstall(t *testing.T, withGo bool, extraEnv ...string) runResult {
 	t.Helper()
-	return h.runTrigger(t, withGo, extraEnv, filepath.Join(h.plugin, "install"))
+	return h.runTrigger(t, withGo, extraEnv, filepath.Join(h.enabled, "install"))
 }
 
 // runTrigger runs one of the plugin's entry points as root the same way.
@@ -277,7 +285,7 @@ func (h *host) runTrigger(t *testing.T, withGo bool, extraEnv []string, trigger 
 		"NETSHAPE_DOWNLOAD_TIMEOUT=2",
 		"NETSHAPE_TEST_MARK=" + h.mark,
 	}, extraEnv...)
-	cmd.Dir = h.base
+	cmd.Dir = h.plugin
 	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS} // Go makes / private first
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -382,9 +390,13 @@ func (h *host) uninstallLeavesNothing(t *testing.T) {
 	if err := os.WriteFile(record, []byte("--blkio-weight=300"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r := h.runTrigger(t, false, nil, filepath.Join(h.plugin, "uninstall"), "netshape")
+	r := h.runTrigger(t, false, nil, filepath.Join(h.enabled, "uninstall"), "netshape")
 	if r.code != 0 {
 		t.Fatalf("uninstall trigger:\n%s", r)
+	}
+	// plugn: disable (the link), then rm -rf the plugin dir.
+	if err := os.Remove(h.enabled); err != nil {
+		t.Fatal(err)
 	}
 	if err := os.RemoveAll(h.plugin); err != nil {
 		t.Fatal(err)
