@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -530,5 +531,43 @@ func TestRootInstallTriggerUnpinnedAndBadOverride(t *testing.T) {
 			t.Errorf("NETSHAPE_RELEASE_URL=%s:\n%s", bad, r)
 		}
 		h.nothingInstalled(t)
+	}
+}
+
+// Over HTTPS (the default scheme), a redirect to plain http is refused:
+// the download never leaves TLS. The test CA reaches curl through
+// CURL_CA_BUNDLE.
+func TestRootInstallTriggerHTTPSNoDowngrade(t *testing.T) {
+	requireRoot(t)
+	f := getFixture(t)
+	tls := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/tls/v"+f.version+"/"+f.name):
+			w.Write(f.good)
+		case strings.HasPrefix(r.URL.Path, "/downgrade/"):
+			http.Redirect(w, r, f.url+"/good/v"+f.version+"/"+f.name, http.StatusFound)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer tls.Close()
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tls.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	h := newHost(t, f)
+	before := f.requests.Load()
+	r := h.runInstall(t, false, "NETSHAPE_RELEASE_URL="+tls.URL+"/downgrade", "NETSHAPE_DOWNLOADER=curl", "CURL_CA_BUNDLE="+ca)
+	if r.code == 0 || f.requests.Load() != before {
+		t.Errorf("https → http redirect followed (%d plain requests):\n%s", f.requests.Load()-before, r)
+	}
+	h.nothingInstalled(t)
+
+	h = newHost(t, f)
+	r = h.runInstall(t, false, "NETSHAPE_RELEASE_URL="+tls.URL+"/tls", "NETSHAPE_DOWNLOADER=curl", "CURL_CA_BUNDLE="+ca)
+	got, err := h.installed(t)
+	if r.code != 0 || err != nil || sha256Hex(got) != sha256Hex(f.goodBin) {
+		t.Errorf("install over https (%v):\n%s", err, r)
 	}
 }
