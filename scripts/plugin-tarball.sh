@@ -43,7 +43,7 @@ mkdir -p "$dir/bin" "$dir/subcommands"
 
 echo "plugin-tarball: building $name with $("$go" env GOVERSION)"
 # GOFLAGS and the per-arch levels are fixed: a user's settings would change the bytes.
-CGO_ENABLED=0 GOOS=linux GOARCH="$arch" GOAMD64=v1 GOARM64=v8.0 GOFLAGS= \
+CGO_ENABLED=0 GOOS=linux GOARCH="$arch" GOAMD64=v1 GOARM64=v8.0 GOFLAGS='' \
 	"$go" build -trimpath -buildvcs=false -ldflags=-buildid= \
 	-o "$dir/bin/dokku-netshape" ./cmd/dokku-netshape
 # The install trigger reads the first line: "VERSION linux/ARCH".
