@@ -327,7 +327,7 @@ func (h *host) nothingInstalled(t *testing.T) {
 	t.Helper()
 	for _, p := range []string{
 		filepath.Join(h.plugin, "bin", "dokku-netshape"), filepath.Join(h.plugin, "bin", "dokku-netshape.new"),
-		filepath.Join(h.plugin, "bin", ".release"), h.rootBin, h.sudoers, h.mark,
+		filepath.Join(h.plugin, "bin", ".download"), h.rootBin, h.sudoers, h.mark,
 	} {
 		if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("%s exists after a failed install (%v)", p, err)
@@ -371,7 +371,7 @@ func TestRootInstallTriggerDownloadsPinnedRelease(t *testing.T) {
 			}
 
 			r = h.runInstall(t, false, "NETSHAPE_RELEASE_URL="+f.refusedURL)
-			if r.code != 0 || !strings.Contains(r.stdout, "using the shipped binary ("+f.version+" linux/"+f.arch+")") {
+			if r.code != 0 || !strings.Contains(r.stdout, "using the release binary downloaded earlier ("+f.version+" linux/"+f.arch+")") {
 				t.Errorf("second install (nothing listening) did not reuse the verified binary:\n%s", r)
 			}
 			h.uninstallLeavesNothing(t)
@@ -498,7 +498,7 @@ func TestRootInstallTriggerFallsBackToGo(t *testing.T) {
 	if err != nil || !bytes.HasPrefix(got, []byte("\x7fELF")) || bytes.Contains(got, []byte("NETSHAPE_TEST_MARK")) {
 		t.Errorf("installed binary (%v) is not the one built from source", err)
 	}
-	for _, p := range []string{h.mark, filepath.Join(h.plugin, "bin", ".release")} {
+	for _, p := range []string{h.mark, filepath.Join(h.plugin, "bin", ".download")} {
 		if _, err := os.Stat(p); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("%s exists (%v)", p, err)
 		}
