@@ -3,7 +3,7 @@ GO        ?= go
 BIN       ?= bin/dokku-netshape
 TEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: all build generate test test-deps test-host bench lint clean plugin-tarball
+.PHONY: all build generate test test-deps test-host bench lint clean plugin-tarball release
 
 all: build
 
@@ -43,6 +43,12 @@ lint:
 # A release tarball with the binary, for Dokku servers without Go.
 plugin-tarball:
 	scripts/plugin-tarball.sh
+
+# The release tarballs (linux/amd64, linux/arm64), reproducibly, their
+# SHA256SUMS, and the pin the install trigger checks downloads against
+# (release/SHA256SUMS). Flow: release/README.md.
+release:
+	GO=$(GO) scripts/release.sh
 
 clean:
 	rm -rf bin dist

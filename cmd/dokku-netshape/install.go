@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
 	"github.com/dokku-netshape/dokku-netshape/pkg/reconcile"
 	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
 )
@@ -343,9 +344,9 @@ func writeAtomicChecked(path string, content []byte, mode os.FileMode, check fun
 // uninstall removes everything the plugin attached, pinned or wrote outside
 // Dokku's config: the watcher (first, so it cannot re-attach), every budget
 // (detaching its devices), leftover attachments and the pins (reconcile's
-// RemoveAll, under the lock), then the lock file, the sudoers grant, the unit
-// and the root-owned binary. Dokku's properties stay: they are Dokku's
-// resource settings, not ours.
+// RemoveAll, under the lock), then the lock file, the sudoers grant, the unit,
+// the root-owned binary, and last our records in config/netshape and that
+// directory. Dokku's properties stay: they are Dokku's resource settings, not ours.
 func uninstall(ctx context.Context) error {
 	if os.Geteuid() != 0 {
 		return errors.New("uninstall must run as root")
@@ -376,6 +377,11 @@ func uninstall(ctx context.Context) error {
 		if out, err := exec.CommandContext(ctx, sc, "daemon-reload").CombinedOutput(); err != nil {
 			errs = append(errs, fmt.Errorf("systemctl daemon-reload: %v: %s", err, bytes.TrimSpace(out)))
 		}
+	}
+	// Our docker-options ownership records, then config/netshape itself
+	// (the config lock directory): last, so nothing of ours is left in it.
+	if err := dokku.EnvFromOS().RemoveOwnStore(configLockTimeout); err != nil {
+		errs = append(errs, err)
 	}
 	if len(errs) == 0 {
 		fmt.Println("-----> netshape: removed every limit, pin, sudoers grant and unit it installed")
