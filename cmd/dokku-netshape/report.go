@@ -182,7 +182,8 @@ func appReport(ctx context.Context, r *reconcile.Reconciler, app string) (map[st
 	if err != nil {
 		return nil, err
 	}
-	f["memory"], f["memory-swap"], f["cpus"] = cur.Memory, cur.MemorySwap, cur.CPUs
+	// Raw property content (a root process prints this): shown only when short and printable.
+	f["memory"], f["memory-swap"], f["cpus"] = reportValue(cur.Memory), reportValue(cur.MemorySwap), reportValue(cur.CPUs)
 	f["docker-options"] = strings.Join(cur.Options, " ")
 
 	var shaped, unshaped []string
@@ -216,4 +217,13 @@ func appReport(ctx context.Context, r *reconcile.Reconciler, app string) (map[st
 	}
 	f["counters"] = strings.Join(counters, "; ")
 	return f, nil
+}
+
+// reportValue is a stored value as report shows it: as it is when short
+// printable ASCII, else only its size.
+func reportValue(v string) string {
+	if s := dokku.ShowValue(v); !strings.HasPrefix(s, `"`) {
+		return "invalid " + s
+	}
+	return v
 }
