@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -22,7 +23,27 @@ import (
 const (
 	envPinDir = "NETSHAPE_PIN_DIR"
 	envLock   = "NETSHAPE_LOCK"
+	// envDockerTimeout bounds each Docker API call ("30s"); through sudo it
+	// comes only from the root-owned config.
+	envDockerTimeout = "NETSHAPE_DOCKER_TIMEOUT"
 )
+
+// newDocker connects to Docker with the configured per-call timeout.
+func newDocker() (*containers.Client, error) {
+	c, err := containers.New()
+	if err != nil {
+		return nil, err
+	}
+	if v := os.Getenv(envDockerTimeout); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			c.Close()
+			return nil, fmt.Errorf("%s=%s: not a positive duration", envDockerTimeout, dokku.ShowValue(v))
+		}
+		c.Timeout = d
+	}
+	return c, nil
+}
 
 func newApp() *cli.App {
 	app := &cli.App{
@@ -379,7 +400,7 @@ func withReconciler(ctx context.Context, force bool, fn func(*reconcile.Reconcil
 		return err
 	}
 	defer s.Close()
-	docker, err := containers.New()
+	docker, err := newDocker()
 	if err != nil {
 		return fmt.Errorf("connect to Docker: %w", err)
 	}

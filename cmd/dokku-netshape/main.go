@@ -28,6 +28,11 @@ func run(argv []string) int {
 	self := filepath.Base(argv[0])
 	var err error
 	switch {
+	case viaSudo():
+		// Through the grant: argv[0] is the granted binary; never a trigger.
+		if err = enterRootSide(argv[1:]); err == nil {
+			err = runCLI(argv)
+		}
 	case self == "commands":
 		return runCommands(argv[1:])
 	case filepath.Base(filepath.Dir(argv[0])) == "subcommands":
