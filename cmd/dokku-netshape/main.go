@@ -26,11 +26,14 @@ func main() {
 
 func run(argv []string) int {
 	self := filepath.Base(argv[0])
-	var err error
+	grant, conf, err := viaGrant()
 	switch {
-	case viaSudo():
+	case grant:
 		// Through the grant: argv[0] is the granted binary; never a trigger.
-		if err = enterRootSide(argv[1:]); err == nil {
+		if err == nil {
+			err = enterRootSide(argv[1:], conf)
+		}
+		if err == nil {
 			err = runCLI(argv)
 		}
 	case self == "commands":

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -36,20 +37,35 @@ var rootConfKeys = map[string]*regexp.Regexp{
 // rootPath is the fixed PATH of the root side (sudo's secure_path on Debian).
 const rootPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// viaSudo reports whether this process runs as root on behalf of another
-// user through sudo: then caller-controlled input must not be trusted.
-func viaSudo() bool {
-	return os.Geteuid() == 0 && os.Getenv("SUDO_UID") != ""
+// viaGrant reports whether this process runs as root for the Dokku system
+// user through sudo — the grant's only user — and returns the root-owned
+// config. An administrator's own `sudo dokku-netshape ...` is not the grant
+// and keeps the whole CLI. A broken config is an error whenever sudo is
+// involved: better no root side than one with guessed paths.
+func viaGrant() (bool, map[string]string, error) {
+	sudoUID := os.Getenv("SUDO_UID")
+	if os.Geteuid() != 0 || sudoUID == "" {
+		return false, nil, nil
+	}
+	conf, err := readRootConf(rootConfPath)
+	if err != nil {
+		return true, nil, err
+	}
+	name := conf["DOKKU_SYSTEM_USER"]
+	if name == "" {
+		name = dokku.DefaultSystemUser
+	}
+	u, err := user.Lookup(name)
+	if err != nil || u.Uid != sudoUID {
+		return false, nil, nil
+	}
+	return true, conf, nil
 }
 
 // enterRootSide checks argv against the granted forms and replaces the
 // whole environment with the root-owned config (defaults when it is absent).
-func enterRootSide(args []string) error {
+func enterRootSide(args []string, conf map[string]string) error {
 	if err := checkGrantedArgs(args); err != nil {
-		return err
-	}
-	conf, err := readRootConf(rootConfPath)
-	if err != nil {
 		return err
 	}
 	keep := map[string]string{"PATH": rootPath}
