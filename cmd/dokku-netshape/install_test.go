@@ -26,6 +26,7 @@ type instEnv struct {
 func newInstEnv(t *testing.T) *instEnv {
 	t.Helper()
 	nettest.RequireRoot(t)
+	rootns.MustBeInside(t)
 	dir := t.TempDir()
 	e := &instEnv{
 		dir:          dir,

@@ -96,6 +96,7 @@ type dokkuEnv struct {
 // newDokkuEnv must run inside rootns.Enter.
 func newDokkuEnv(t *testing.T) *dokkuEnv {
 	t.Helper()
+	rootns.MustBeInside(t)
 	dokkuUser.uid, dokkuUser.gid = rootns.AddUser(t, "dokku")
 	f := dokkutest.NewFixture(t)
 	// Dokku's real paths, private to the namespace.

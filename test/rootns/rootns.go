@@ -295,3 +295,12 @@ func AddUser(t *testing.T, name string) (uid, gid uint32) {
 	}
 	return uint32(id), uint32(id)
 }
+
+// MustBeInside fails the test unless it runs in the child's private mount
+// namespace: helpers that write the real configuration paths call it first.
+func MustBeInside(t *testing.T) {
+	t.Helper()
+	if os.Getenv(envTest) == "" || mntNS("self") == os.Getenv(envParent) {
+		t.Fatal("refusing to write the machine's configuration paths outside the private mount namespace (call rootns.Enter first)")
+	}
+}
