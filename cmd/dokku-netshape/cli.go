@@ -26,7 +26,22 @@ const (
 	// envDockerTimeout bounds each Docker API call ("30s"); through sudo it
 	// comes only from the root-owned config.
 	envDockerTimeout = "NETSHAPE_DOCKER_TIMEOUT"
+	// envLockTimeout bounds the wait for the reconcile lock ("2m"); likewise.
+	envLockTimeout = "NETSHAPE_LOCK_TIMEOUT"
 )
+
+// durationEnv reads a positive duration from the environment, def when unset.
+func durationEnv(key string, def time.Duration) (time.Duration, error) {
+	v := os.Getenv(key)
+	if v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%s=%s: not a positive duration", key, dokku.ShowValue(v))
+	}
+	return d, nil
+}
 
 // newDocker connects to Docker with the configured per-call timeout.
 func newDocker() (*containers.Client, error) {
@@ -34,14 +49,12 @@ func newDocker() (*containers.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	if v := os.Getenv(envDockerTimeout); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			c.Close()
-			return nil, fmt.Errorf("%s=%s: not a positive duration", envDockerTimeout, dokku.ShowValue(v))
-		}
-		c.Timeout = d
+	d, err := durationEnv(envDockerTimeout, containers.DefaultTimeout)
+	if err != nil {
+		c.Close()
+		return nil, err
 	}
+	c.Timeout = d
 	return c, nil
 }
 
@@ -390,7 +403,11 @@ func withReconciler(ctx context.Context, force bool, fn func(*reconcile.Reconcil
 	if lock == "" {
 		lock = reconcile.DefaultLockPath
 	}
-	unlock, err := reconcile.Lock(lock)
+	wait, err := durationEnv(envLockTimeout, reconcile.DefaultLockTimeout)
+	if err != nil {
+		return err
+	}
+	unlock, err := reconcile.LockWait(lock, wait)
 	if err != nil {
 		return err
 	}

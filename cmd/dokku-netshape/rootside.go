@@ -32,6 +32,7 @@ var rootConfKeys = map[string]*regexp.Regexp{
 	"DOKKU_SYSTEM_GROUP": safeUser,
 	"DOCKER_HOST":        regexp.MustCompile(`^(unix://)?/[A-Za-z0-9/._+-]+$|^tcp://[A-Za-z0-9.:\[\]-]+$`),
 	envDockerTimeout:     regexp.MustCompile(`^[0-9]+(ms|s|m)$`),
+	envLockTimeout:       regexp.MustCompile(`^[0-9]+(ms|s|m)$`),
 }
 
 // rootPath is the fixed PATH of the root side (sudo's secure_path on Debian).
@@ -127,7 +128,7 @@ func rootConfContent(env dokku.Env) (string, error) {
 		{"DOKKU_SYSTEM_USER", env.SystemUser},
 		{"DOKKU_SYSTEM_GROUP", env.SystemGroup},
 	}
-	for _, k := range []string{"DOCKER_HOST", envDockerTimeout} {
+	for _, k := range []string{"DOCKER_HOST", envDockerTimeout, envLockTimeout} {
 		if v := os.Getenv(k); v != "" {
 			vals = append(vals, [2]string{k, v})
 		}

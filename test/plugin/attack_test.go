@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dokku-netshape/dokku-netshape/pkg/reconcile"
 	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
 	"github.com/dokku-netshape/dokku-netshape/test/rootns"
 )
@@ -380,6 +382,27 @@ func TestRootAttacksThroughTheGrant(t *testing.T) {
 		}
 		if r := e.sudo(t, nil, "apply", "myapp"); r.code != 0 || r.took > 20*time.Second {
 			t.Errorf("apply after the silent daemon: %s (took %v)", r, r.took)
+		}
+	})
+
+	t.Run("lock held elsewhere", func(t *testing.T) {
+		conf := "DOKKU_ROOT=/home/dokku\nDOKKU_LIB_ROOT=/var/lib/dokku\nDOKKU_SYSTEM_USER=dokku\nDOKKU_SYSTEM_GROUP=dokku\n" +
+			"DOCKER_HOST=unix://" + goodSock + "\nNETSHAPE_LOCK_TIMEOUT=2s\n"
+		if err := os.WriteFile("/etc/dokku-netshape/paths", []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		unlock, err := reconcile.LockWait(e.lock, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := e.sudo(t, nil, "apply", "myapp")
+		unlock()
+		want := fmt.Sprintf("timed out waiting for the reconcile lock %s after 2s: held by pid %d: ", e.lock, os.Getpid())
+		if r.code == 0 || !strings.Contains(r.stderr, want) || r.took > 20*time.Second {
+			t.Errorf("apply while the lock is held: %s (took %v)\nwant %q", r, r.took, want)
+		}
+		if r := e.sudo(t, nil, "apply", "myapp"); r.code != 0 {
+			t.Errorf("apply after the holder let go: %s", r)
 		}
 	})
 }
