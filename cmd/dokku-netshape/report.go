@@ -184,7 +184,11 @@ func appReport(ctx context.Context, r *reconcile.Reconciler, app string) (map[st
 	}
 	// Raw property content (a root process prints this): shown only when short and printable.
 	f["memory"], f["memory-swap"], f["cpus"] = reportValue(cur.Memory), reportValue(cur.MemorySwap), reportValue(cur.CPUs)
-	f["docker-options"] = strings.Join(cur.Options, " ")
+	opts := make([]string, len(cur.Options))
+	for i, o := range cur.Options {
+		opts[i] = reportValue(o)
+	}
+	f["docker-options"] = strings.Join(opts, " ")
 
 	var shaped, unshaped []string
 	for _, s := range st.Shaped {

@@ -110,3 +110,18 @@ func TestRootReadRootConf(t *testing.T) {
 		t.Errorf("link: %v", err)
 	}
 }
+
+// report (run as root) shows stored values only when short and printable.
+func TestReportValue(t *testing.T) {
+	for in, want := range map[string]string{
+		"512m":                   "512m",
+		"":                       "",
+		"512m\x1b[2J":            "invalid (8 bytes with unprintable characters, not shown)",
+		strings.Repeat("9", 100): "invalid (100 bytes, not shown)",
+		"--blkio-weight=500":     "--blkio-weight=500",
+	} {
+		if got := reportValue(in); got != want {
+			t.Errorf("reportValue(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
