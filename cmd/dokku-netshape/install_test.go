@@ -428,7 +428,7 @@ func TestRootUninstallRemovesBudgetsPinsAndFiles(t *testing.T) {
 	if err := runTrigger("uninstall", []string{pluginName}); err != nil {
 		t.Fatalf("uninstall: %v", err)
 	}
-	for _, p := range []string{e.sudoers, e.unit, e.pinDir, e.lock, e.rootBin} {
+	for _, p := range []string{e.sudoers, e.unit, e.pinDir, e.lock, e.rootBin, rootConfPath, filepath.Dir(rootConfPath)} {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s left after uninstall: %v", p, err)
 		}

@@ -586,7 +586,7 @@ func TestRootDockerPluginLifecycleAsDokkuUser(t *testing.T) {
 
 	// plugin:uninstall: `uninstall netshape` as root in every plugin, then rm -rf.
 	e.mustRun(t, false, filepath.Join(e.enabled, "uninstall"), "netshape")
-	for _, p := range []string{e.sudoers, e.unit, e.rootBin, e.pinDir} {
+	for _, p := range []string{e.sudoers, e.unit, e.rootBin, e.pinDir, "/etc/dokku-netshape"} {
 		if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("%s left after uninstall: %v", p, err)
 		}
