@@ -24,6 +24,7 @@ package rootns
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"fmt"
 	"io/fs"
 	"os"
@@ -111,7 +112,7 @@ func lastLines(s string, n int) string {
 	return strings.Join(l, "\n")
 }
 
-// snapshot lists each watched path: its entries with mode, owner and size.
+// snapshot lists each watched path: its entries with mode, owner and content.
 func snapshot(t *testing.T) map[string]string {
 	t.Helper()
 	snap := map[string]string{}
@@ -125,9 +126,16 @@ func snapshot(t *testing.T) map[string]string {
 			if err != nil {
 				return nil
 			}
-			desc := info.Mode().String() + " " + strconv.FormatInt(info.Size(), 10) + " " + info.ModTime().String()
+			// Mode, owner and content; not times: a directory's mtime moves
+			// when anything enters and leaves it again.
+			desc := info.Mode().String()
 			if st, ok := info.Sys().(*syscall.Stat_t); ok {
 				desc += fmt.Sprintf(" %d:%d", st.Uid, st.Gid)
+			}
+			if info.Mode().IsRegular() {
+				if b, err := os.ReadFile(p); err == nil {
+					desc += fmt.Sprintf(" %x", sha256.Sum256(b))
+				}
 			}
 			snap[p] = desc
 			return nil

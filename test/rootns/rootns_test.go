@@ -53,3 +53,30 @@ func TestRootNamespaceIsPrivate(t *testing.T) {
 		t.Errorf("/sys/fs/bpf: %v type %#x, want a bpffs", err, st.Type)
 	}
 }
+
+// The parent's before/after check sees a file added, changed or removed.
+func TestSnapshotSeesChanges(t *testing.T) {
+	dir := t.TempDir()
+	old := Watched
+	Watched = []string{dir}
+	defer func() { Watched = old }()
+	before := snapshot(t)
+	p := dir + "/dokku-netshape"
+	if err := os.WriteFile(p, []byte("a"), 0o440); err != nil {
+		t.Fatal(err)
+	}
+	added := snapshot(t)
+	if d := diff(before, added); len(d) != 1 || !strings.HasPrefix(d[0], "added ") {
+		t.Errorf("after adding a file: %q", d)
+	}
+	if err := os.WriteFile(p, []byte("b"), 0o440); err != nil {
+		t.Fatal(err)
+	}
+	if d := diff(added, snapshot(t)); len(d) != 1 || !strings.HasPrefix(d[0], "changed ") {
+		t.Errorf("after changing it: %q", d)
+	}
+	os.Remove(p)
+	if d := diff(before, snapshot(t)); len(d) != 0 {
+		t.Errorf("after removing it again: %q", d)
+	}
+}
