@@ -24,11 +24,44 @@ import (
 const (
 	envPinDir = "NETSHAPE_PIN_DIR"
 	envLock   = "NETSHAPE_LOCK"
+	// envDockerTimeout bounds each Docker API call ("30s"); through sudo it
+	// comes only from the root-owned config.
+	envDockerTimeout = "NETSHAPE_DOCKER_TIMEOUT"
+	// envLockTimeout bounds the wait for the reconcile lock ("2m"); likewise.
+	envLockTimeout = "NETSHAPE_LOCK_TIMEOUT"
 )
 
 // configLockTimeout bounds the wait for another set/clear/trigger to finish
 // writing Dokku's config (each holds the lock for milliseconds).
 var configLockTimeout = time.Minute
+
+// durationEnv reads a positive duration from the environment, def when unset.
+func durationEnv(key string, def time.Duration) (time.Duration, error) {
+	v := os.Getenv(key)
+	if v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%s=%s: not a positive duration", key, dokku.ShowValue(v))
+	}
+	return d, nil
+}
+
+// newDocker connects to Docker with the configured per-call timeout.
+func newDocker() (*containers.Client, error) {
+	c, err := containers.New()
+	if err != nil {
+		return nil, err
+	}
+	d, err := durationEnv(envDockerTimeout, containers.DefaultTimeout)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.Timeout = d
+	return c, nil
+}
 
 func newApp() *cli.App {
 	app := &cli.App{
@@ -411,7 +444,8 @@ func applyCommand() *cli.Command {
 					args = append(args, "--"+f)
 				}
 			}
-			return asRoot(c.Context, args, func() error {
+			clusterErr := syncClusterAppsAsCaller(apps)
+			return errors.Join(clusterErr, asRoot(c.Context, args, func() error {
 				return withReconciler(c.Context, c.Bool("force"), func(r *reconcile.Reconciler) error {
 					err := reconcileApps(c.Context, r, apps)
 					if c.Bool("all") {
@@ -424,7 +458,7 @@ func applyCommand() *cli.Command {
 					}
 					return err
 				})
-			})
+			}))
 		},
 	}
 }
@@ -456,7 +490,11 @@ func withReconciler(ctx context.Context, force bool, fn func(*reconcile.Reconcil
 	if lock == "" {
 		lock = reconcile.DefaultLockPath
 	}
-	unlock, err := reconcile.Lock(lock)
+	wait, err := durationEnv(envLockTimeout, reconcile.DefaultLockTimeout)
+	if err != nil {
+		return err
+	}
+	unlock, err := reconcile.LockWait(lock, wait)
 	if err != nil {
 		return err
 	}
@@ -466,7 +504,7 @@ func withReconciler(ctx context.Context, force bool, fn func(*reconcile.Reconcil
 		return err
 	}
 	defer s.Close()
-	docker, err := containers.New()
+	docker, err := newDocker()
 	if err != nil {
 		return fmt.Errorf("connect to Docker: %w", err)
 	}
@@ -475,11 +513,7 @@ func withReconciler(ctx context.Context, force bool, fn func(*reconcile.Reconcil
 }
 
 func applyApps(ctx context.Context, apps []string, force bool) error {
-	// k3s apps first, under the config lock only; reconcile then finds
-	// nothing to attach for them and removes what an earlier
-	// docker-local deploy left attached.
-	clusterErr := syncClusterApps(dokku.EnvFromOS(), apps)
-	return errors.Join(clusterErr, withReconciler(ctx, force, func(r *reconcile.Reconciler) error { return reconcileApps(ctx, r, apps) }))
+	return errors.Join(syncClusterAppsAsCaller(apps), withReconciler(ctx, force, func(r *reconcile.Reconciler) error { return reconcileApps(ctx, r, apps) }))
 }
 
 // reconcileApps reconciles each app in one run of r, printing what it did.

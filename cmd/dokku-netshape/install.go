@@ -71,10 +71,6 @@ func systemctl() string {
 // `netshape:report` without an app runs plain "report".
 var rootCommands = []string{"apply *", "remove *", "report", "report *"}
 
-// keptEnv is what sudo passes through: Dokku's paths, so the root process
-// reads the same tree the dokku-user process validated.
-var keptEnv = []string{"DOKKU_ROOT", "DOKKU_LIB_ROOT", "DOKKU_LIB_PATH", "DOKKU_SYSTEM_USER", "DOKKU_SYSTEM_GROUP"}
-
 // sudoersAlias names our commands; aliases are global across sudoers files.
 const sudoersAlias = "DOKKU_NETSHAPE"
 
@@ -99,10 +95,11 @@ func sudoersContent(self, user string) (string, error) {
 	var b strings.Builder
 	b.WriteString("# Written by the netshape Dokku plugin's install trigger; removed by its uninstall trigger.\n")
 	b.WriteString("# Dokku runs plugins as " + user + "; attaching BPF programs needs root, so exactly these\n")
-	b.WriteString("# subcommands of the plugin binary may run as root, with Dokku's paths kept.\n")
+	b.WriteString("# subcommands of the plugin binary may run as root, with a reset environment: the root\n")
+	b.WriteString("# side reads Dokku's paths from " + rootConfPath + ", never from its caller.\n")
 	fmt.Fprintf(&b, "Cmnd_Alias %s = %s\n", sudoersAlias, strings.Join(cmds, ", "))
 	// Command-scoped: the dokku user's other sudo rules keep their environment policy.
-	fmt.Fprintf(&b, "Defaults!%s env_keep += \"%s\"\n", sudoersAlias, strings.Join(keptEnv, " "))
+	fmt.Fprintf(&b, "Defaults!%s env_reset\n", sudoersAlias)
 	fmt.Fprintf(&b, "%s ALL=(root) NOPASSWD: %s\n", user, sudoersAlias)
 	return b.String(), nil
 }
@@ -166,6 +163,9 @@ func install(ctx context.Context) error {
 	}
 	s.Close()
 
+	if err := writeRootConf(); err != nil {
+		return err
+	}
 	user := envOr("DOKKU_SYSTEM_USER", "dokku")
 	content, err := sudoersContent(bin, user)
 	if err != nil {
@@ -194,6 +194,27 @@ func install(ctx context.Context) error {
 		}
 	}
 	fmt.Println("-----> netshape: watcher running as", unitName())
+	return nil
+}
+
+// writeRootConf records the Dokku tree this install is for, where the root
+// side reads it (0644 root:root in a root-only directory).
+func writeRootConf() error {
+	content, err := rootConfContent(dokku.EnvFromOS())
+	if err != nil {
+		return fmt.Errorf("record Dokku's paths for the root side: %w", err)
+	}
+	dir := filepath.Dir(rootConfPath)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	if err := writeAtomic(rootConfPath, []byte(content), 0o644); err != nil {
+		return err
+	}
+	if err := checkRootOnly(rootConfPath); err != nil {
+		return fmt.Errorf("the root side would refuse %s: %w", rootConfPath, err)
+	}
+	fmt.Printf("-----> netshape: root side reads Dokku's paths from %s\n", rootConfPath)
 	return nil
 }
 
@@ -368,7 +389,8 @@ func uninstall(ctx context.Context) error {
 	}
 	// The running binary may be rootBinPath() itself: unlinking it is fine.
 	for _, p := range []string{unit, unit + ".netshape-tmp", sudoersPath(), sudoersPath() + ".netshape-tmp",
-		rootBinPath(), rootBinPath() + ".netshape-tmp", envOr(envLock, reconcile.DefaultLockPath)} {
+		rootBinPath(), rootBinPath() + ".netshape-tmp", envOr(envLock, reconcile.DefaultLockPath),
+		rootConfPath, rootConfPath + ".netshape-tmp", filepath.Dir(rootConfPath)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}

@@ -9,39 +9,42 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/dokku-netshape/dokku-netshape/pkg/reconcile"
 	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
 	"github.com/dokku-netshape/dokku-netshape/test/nettest"
+	"github.com/dokku-netshape/dokku-netshape/test/rootns"
 )
 
-// instEnv points install/uninstall at private paths: sudoers file and unit
-// in a temp dir, a recording fake systemctl, its own pin dir and lock.
+// instEnv is install/uninstall at their real paths — only ever inside the
+// private mount namespace of rootns.Enter, where those paths are private
+// tmpfs — with a recording fake systemctl.
 type instEnv struct {
 	dir, sudoers, unit, systemctlLog, pinDir, lock, rootBin string
 }
 
+// newInstEnv must be called inside rootns.Enter.
 func newInstEnv(t *testing.T) *instEnv {
 	t.Helper()
 	nettest.RequireRoot(t)
+	rootns.MustBeInside(t)
 	dir := t.TempDir()
 	e := &instEnv{
 		dir:          dir,
-		sudoers:      filepath.Join(dir, "sudoers-netshape"),
-		unit:         filepath.Join(dir, "netshape-insttest-watch.service"),
+		sudoers:      defaultSudoers,
+		unit:         defaultUnit,
 		systemctlLog: filepath.Join(dir, "systemctl.log"),
-		pinDir:       "/sys/fs/bpf/netshape-insttest-" + nettest.Suffix(),
-		lock:         filepath.Join(dir, "netshape.lock"),
-		rootBin:      filepath.Join(dir, "libexec", "dokku-netshape"),
+		pinDir:       shaper.DefaultPinDir,
+		lock:         reconcile.DefaultLockPath,
+		rootBin:      defaultRootBin,
 	}
 	fake := filepath.Join(dir, "systemctl")
 	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho \"$*\" >>"+e.systemctlLog+"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv(envSudoers, e.sudoers)
-	t.Setenv(envUnit, e.unit)
+	for _, k := range []string{envSudoers, envUnit, envPinDir, envLock, envRootBin} {
+		t.Setenv(k, "")
+	}
 	t.Setenv(envSystemctl, fake)
-	t.Setenv(envPinDir, e.pinDir)
-	t.Setenv(envLock, e.lock)
-	t.Setenv(envRootBin, e.rootBin)
 	t.Setenv("DOKKU_SYSTEM_USER", "dokku")
 	t.Setenv("DOKKU_SYSTEM_GROUP", "dokku")
 	t.Setenv("DOKKU_ROOT", "/home/dokku")
@@ -121,6 +124,9 @@ func mustSelf(t *testing.T) string {
 }
 
 func TestRootInstallWritesSudoersAndUnit(t *testing.T) {
+	if !rootns.Enter(t) {
+		return
+	}
 	e := newInstEnv(t)
 	visudo := requireVisudo(t)
 	testBin, err := os.ReadFile(mustSelf(t))
@@ -143,11 +149,19 @@ func TestRootInstallWritesSudoersAndUnit(t *testing.T) {
 	}
 	wantSudoers := "# Written by the netshape Dokku plugin's install trigger; removed by its uninstall trigger.\n" +
 		"# Dokku runs plugins as dokku; attaching BPF programs needs root, so exactly these\n" +
-		"# subcommands of the plugin binary may run as root, with Dokku's paths kept.\n" +
+		"# subcommands of the plugin binary may run as root, with a reset environment: the root\n" +
+		"# side reads Dokku's paths from /etc/dokku-netshape/paths, never from its caller.\n" +
 		"Cmnd_Alias DOKKU_NETSHAPE = " + self + " apply *, " + self + " remove *, " + self + " report, " + self + " report *\n" +
-		"Defaults!DOKKU_NETSHAPE env_keep += \"DOKKU_ROOT DOKKU_LIB_ROOT DOKKU_LIB_PATH DOKKU_SYSTEM_USER DOKKU_SYSTEM_GROUP\"\n" +
+		"Defaults!DOKKU_NETSHAPE env_reset\n" +
 		"dokku ALL=(root) NOPASSWD: DOKKU_NETSHAPE\n"
 	wantFile(t, e.sudoers, wantSudoers, 0o440)
+	wantConf := "# Written by the netshape plugin's install trigger. The root side (apply, remove, report run\n" +
+		"# through sudo by the dokku user) takes Dokku's paths from here, never from its caller.\n" +
+		"DOKKU_ROOT=/home/dokku\nDOKKU_LIB_ROOT=/var/lib/dokku\nDOKKU_SYSTEM_USER=dokku\nDOKKU_SYSTEM_GROUP=dokku\n"
+	wantFile(t, rootConfPath, wantConf, 0o644)
+	if conf, err := readRootConf(rootConfPath); err != nil || conf["DOKKU_LIB_ROOT"] != "/var/lib/dokku" {
+		t.Errorf("readRootConf of what install wrote: %v, %v", conf, err)
+	}
 	wantFile(t, e.rootBin, string(testBin), 0o755)
 	if out, err := exec.Command(visudo, "-cf", e.sudoers).CombinedOutput(); err != nil {
 		t.Errorf("visudo -cf %s: %v: %s", e.sudoers, err, out)
@@ -195,6 +209,9 @@ func TestRootInstallWritesSudoersAndUnit(t *testing.T) {
 // The plugin's own binary lives in a tree Dokku chowns to dokku: install
 // copies it to a root-only path and points the plugin's link there.
 func TestRootInstallRootBinaryAndPluginLink(t *testing.T) {
+	if !rootns.Enter(t) {
+		return
+	}
 	e := newInstEnv(t)
 	plugin := filepath.Join(e.dir, "plugins", "available", "netshape")
 	self := filepath.Join(plugin, "bin", "dokku-netshape")
@@ -245,6 +262,9 @@ func TestRootInstallRootBinaryAndPluginLink(t *testing.T) {
 }
 
 func TestRootInstallWithoutSystemdWritesNoUnit(t *testing.T) {
+	if !rootns.Enter(t) {
+		return
+	}
 	e := newInstEnv(t)
 	requireVisudo(t)
 	t.Setenv(envSystemctl, "")
@@ -270,6 +290,9 @@ func TestRootInstallWithoutSystemdWritesNoUnit(t *testing.T) {
 }
 
 func TestRootInstallRefusesIgnoredSudoersName(t *testing.T) {
+	if !rootns.Enter(t) {
+		return
+	}
 	e := newInstEnv(t)
 	for _, name := range []string{"netshape.conf", "netshape~"} {
 		p := filepath.Join(e.dir, name)
@@ -285,6 +308,9 @@ func TestRootInstallRefusesIgnoredSudoersName(t *testing.T) {
 }
 
 func TestRootWriteSudoersKeepsOldFileWhenVisudoRejects(t *testing.T) {
+	if !rootns.Enter(t) {
+		return
+	}
 	e := newInstEnv(t)
 	requireVisudo(t)
 	if err := os.WriteFile(e.sudoers, []byte("# previous\n"), 0o440); err != nil {
@@ -366,6 +392,9 @@ func TestRootCheckRootOnly(t *testing.T) {
 }
 
 func TestRootUninstallRemovesBudgetsPinsAndFiles(t *testing.T) {
+	if !rootns.Enter(t) {
+		return
+	}
 	e := newInstEnv(t)
 	requireVisudo(t)
 	if err := install(context.Background()); err != nil {
@@ -399,7 +428,7 @@ func TestRootUninstallRemovesBudgetsPinsAndFiles(t *testing.T) {
 	if err := runTrigger("uninstall", []string{pluginName}); err != nil {
 		t.Fatalf("uninstall: %v", err)
 	}
-	for _, p := range []string{e.sudoers, e.unit, e.pinDir, e.lock, e.rootBin} {
+	for _, p := range []string{e.sudoers, e.unit, e.pinDir, e.lock, e.rootBin, rootConfPath, filepath.Dir(rootConfPath)} {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s left after uninstall: %v", p, err)
 		}
@@ -418,6 +447,9 @@ func TestRootUninstallRemovesBudgetsPinsAndFiles(t *testing.T) {
 // The attachment half needs sch_fq: it runs in the `make vm-test` guests.
 func TestRootFqUninstallDetachesDevices(t *testing.T) {
 	nettest.RequireFq(t)
+	if !rootns.Enter(t) {
+		return
+	}
 	e := newInstEnv(t)
 	requireVisudo(t)
 	if err := install(context.Background()); err != nil {

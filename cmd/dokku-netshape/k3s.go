@@ -70,3 +70,16 @@ func syncClusterApps(env dokku.Env, apps []string) error {
 	}
 	return errors.Join(errs...)
 }
+
+// syncClusterAppsAsCaller writes the pod annotations of the k3s apps among
+// apps — k3s apps first, under the config lock only; reconcile then finds
+// nothing to attach for them and removes what an earlier docker-local deploy
+// left attached. Never on the root side of the sudo grant: root does not
+// write into the tree the dokku user owns; the dokku-user caller of that
+// `apply` has already written them.
+func syncClusterAppsAsCaller(apps []string) error {
+	if grantSide {
+		return nil
+	}
+	return syncClusterApps(dokku.EnvFromOS(), apps)
+}

@@ -41,7 +41,7 @@ func limitsRequest(c *cli.Context, app, proc string) (limits.Request, error) {
 // applyLimits pushes memory/CPU/blkio to running containers. Docker access
 // is enough (the dokku user is in the docker group); no root needed.
 func applyLimits(ctx context.Context, env dokku.Env, r limits.Request) error {
-	docker, err := containers.New()
+	docker, err := newDocker()
 	if err != nil {
 		return fmt.Errorf("connect to Docker to apply limits live: %w", err)
 	}

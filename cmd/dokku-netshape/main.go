@@ -17,6 +17,9 @@ import (
 	"path/filepath"
 )
 
+// grantSide is set when this process is the root side of the sudo grant.
+var grantSide bool
+
 // exitNotImplemented tells Dokku's dispatcher to try the next plugin.
 const exitNotImplemented = 10
 
@@ -26,8 +29,17 @@ func main() {
 
 func run(argv []string) int {
 	self := filepath.Base(argv[0])
-	var err error
+	grant, conf, err := viaGrant()
 	switch {
+	case grant:
+		// Through the grant: argv[0] is the granted binary; never a trigger.
+		grantSide = true
+		if err == nil {
+			err = enterRootSide(argv[1:], conf)
+		}
+		if err == nil {
+			err = runCLI(argv)
+		}
 	case self == "commands":
 		return runCommands(argv[1:])
 	case filepath.Base(filepath.Dir(argv[0])) == "subcommands":

@@ -10,7 +10,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/dokku-netshape/dokku-netshape/pkg/containers"
 	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
 	"github.com/dokku-netshape/dokku-netshape/pkg/watch"
 )
@@ -25,7 +24,7 @@ func watchCommand() *cli.Command {
 			}
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			docker, err := containers.New()
+			docker, err := newDocker()
 			if err != nil {
 				return fmt.Errorf("connect to Docker: %w", err)
 			}

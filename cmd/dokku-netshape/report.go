@@ -245,8 +245,13 @@ func appReport(ctx context.Context, r *reconcile.Reconciler, app string) (map[st
 	if err != nil {
 		return nil, err
 	}
-	f["memory"], f["memory-swap"], f["cpus"] = cur.Memory, cur.MemorySwap, cur.CPUs
-	f["docker-options"] = strings.Join(cur.Options, " ")
+	// Raw property content (a root process prints this): shown only when short and printable.
+	f["memory"], f["memory-swap"], f["cpus"] = reportValue(cur.Memory), reportValue(cur.MemorySwap), reportValue(cur.CPUs)
+	opts := make([]string, len(cur.Options))
+	for i, o := range cur.Options {
+		opts[i] = reportValue(o)
+	}
+	f["docker-options"] = strings.Join(opts, " ")
 
 	var shaped, unshaped []string
 	for _, s := range st.Shaped {
@@ -295,4 +300,13 @@ func clusterReport(env dokku.Env, app string, wants []reconcile.Want) (string, e
 		return fmt.Sprintf("k3s: limits not yet written as pod annotations: run `dokku netshape:apply %s`", app), nil
 	}
 	return "k3s: no limits", nil
+}
+
+// reportValue is a stored value as report shows it: as it is when short
+// printable ASCII, else only its size.
+func reportValue(v string) string {
+	if s := dokku.ShowValue(v); !strings.HasPrefix(s, `"`) {
+		return "invalid " + s
+	}
+	return v
 }

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
@@ -92,10 +93,20 @@ func (c Container) SharesNetnsWith() string {
 	return ""
 }
 
-// Client talks to the Docker daemon.
+// Client talks to the Docker daemon. Every call but the event stream is bounded by Timeout:
+// a daemon that accepts and never answers must not hang a deploy (post-deploy) or keep the
+// reconcile lock held.
 type Client struct {
 	api *client.Client
+	// Timeout bounds each API call (an inspect, a list, an update); 0 means DefaultTimeout.
+	Timeout time.Duration
 }
+
+// DefaultTimeout is how long one Docker API call may take.
+const DefaultTimeout = 30 * time.Second
+
+// ErrTimeout means the daemon did not answer a call in time.
+var ErrTimeout = errors.New("Docker did not answer")
 
 // New connects the way the docker CLI does (DOCKER_HOST, DOCKER_CERT_PATH, ... or the default
 // socket) and negotiates the API version with the daemon, so older daemons work too.
@@ -110,6 +121,25 @@ func New() (*Client, error) {
 // NewFromAPI wraps an existing Docker API client (tests, or callers that already have one).
 func NewFromAPI(api *client.Client) *Client { return &Client{api: api} }
 
+func (c *Client) timeout() time.Duration {
+	if c.Timeout > 0 {
+		return c.Timeout
+	}
+	return DefaultTimeout
+}
+
+// call runs fn with the per-call deadline and turns that deadline into a clear error. The
+// caller's own cancellation stays what it was.
+func (c *Client) call(ctx context.Context, fn func(ctx context.Context) error) error {
+	cctx, cancel := context.WithTimeout(ctx, c.timeout())
+	defer cancel()
+	err := fn(cctx)
+	if err != nil && ctx.Err() == nil && cctx.Err() == context.DeadlineExceeded {
+		return fmt.Errorf("%w within %s on %s", ErrTimeout, c.timeout(), c.api.DaemonHost())
+	}
+	return err
+}
+
 // API is the underlying Docker client.
 func (c *Client) API() *client.Client { return c.api }
 
@@ -118,7 +148,7 @@ func (c *Client) Close() error { return c.api.Close() }
 
 // Ping checks that the daemon answers.
 func (c *Client) Ping(ctx context.Context) error {
-	if _, err := c.api.Ping(ctx); err != nil {
+	if err := c.call(ctx, func(ctx context.Context) error { _, err := c.api.Ping(ctx); return err }); err != nil {
 		return fmt.Errorf("docker ping: %w", err)
 	}
 	return nil
@@ -149,7 +179,11 @@ func (c *Client) List(ctx context.Context, app string, types ...string) ([]Conta
 		args.Add("label", LabelApp+"="+app)
 	}
 	// Several values of one label filter are ANDed by Docker, so filter the types here.
-	sums, err := c.api.ContainerList(ctx, container.ListOptions{Filters: args})
+	var sums []container.Summary
+	err := c.call(ctx, func(ctx context.Context) (err error) {
+		sums, err = c.api.ContainerList(ctx, container.ListOptions{Filters: args})
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list containers of %q: %w", app, err)
 	}
@@ -177,7 +211,11 @@ func (c *Client) List(ctx context.Context, app string, types ...string) ([]Conta
 // Inspect returns one container by ID or name, running or not. A missing container is
 // ErrGone (wrapped).
 func (c *Client) Inspect(ctx context.Context, id string) (Container, error) {
-	r, err := c.api.ContainerInspect(ctx, id)
+	var r container.InspectResponse
+	err := c.call(ctx, func(ctx context.Context) (err error) {
+		r, err = c.api.ContainerInspect(ctx, id)
+		return err
+	})
 	if err != nil {
 		if cerrdefs.IsNotFound(err) {
 			return Container{}, fmt.Errorf("inspect container %s: %w", id, ErrGone)

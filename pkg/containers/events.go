@@ -47,6 +47,23 @@ func (c *Client) Events(ctx context.Context) (<-chan Event, <-chan error) {
 	out := make(chan Event, 16)
 	errc := make(chan error, 1)
 
+	// Subscribing negotiates the API version first, unbounded: a daemon that accepts and
+	// never answers would block here for ever. Negotiate within the call timeout instead;
+	// only the stream itself is long-lived.
+	if err := c.call(ctx, func(ctx context.Context) error {
+		if _, err := c.api.Ping(ctx); err != nil {
+			return err
+		}
+		c.api.NegotiateAPIVersion(ctx)
+		return nil
+	}); err != nil {
+		cancel()
+		errc <- fmt.Errorf("docker events: %w", err)
+		close(errc)
+		close(out)
+		return out, errc
+	}
+
 	// Container events carry the container's labels, so Docker can filter them on the app
 	// label. Network events carry the network's, so those are filtered here after an inspect.
 	cmsgs, cerrs := c.api.Events(ctx, events.ListOptions{Filters: filters.NewArgs(

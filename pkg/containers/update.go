@@ -44,12 +44,16 @@ func (c *Client) UpdateResources(ctx context.Context, id string, r Resources) er
 	if r.IsZero() {
 		return nil
 	}
-	resp, err := c.api.ContainerUpdate(ctx, id, container.UpdateConfig{Resources: container.Resources{
-		Memory:      r.Memory,
-		MemorySwap:  r.MemorySwap,
-		NanoCPUs:    r.NanoCPUs,
-		BlkioWeight: r.BlkioWeight,
-	}})
+	var resp container.UpdateResponse
+	err := c.call(ctx, func(ctx context.Context) (err error) {
+		resp, err = c.api.ContainerUpdate(ctx, id, container.UpdateConfig{Resources: container.Resources{
+			Memory:      r.Memory,
+			MemorySwap:  r.MemorySwap,
+			NanoCPUs:    r.NanoCPUs,
+			BlkioWeight: r.BlkioWeight,
+		}})
+		return err
+	})
 	if err != nil {
 		if cerrdefs.IsNotFound(err) {
 			return fmt.Errorf("update %s of container %s: %w", r, id, ErrGone)

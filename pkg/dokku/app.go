@@ -58,13 +58,14 @@ func ValidateAppName(name string) error {
 }
 
 // AppExists reports whether DOKKU_ROOT/APP is a directory, as Dokku's
-// VerifyAppName checks. Invalid names never exist.
+// VerifyAppName checks. Invalid names never exist. Unlike Dokku, a symbolic
+// link is not an app: the dokku user owns DOKKU_ROOT, and a linked app dir
+// would steer root's reads anywhere.
 func (e Env) AppExists(app string) bool {
 	if ValidateAppName(app) != nil {
 		return false
 	}
-	fi, err := os.Stat(e.AppDir(app))
-	return err == nil && fi.IsDir()
+	return IsDirBelow(e.DokkuRoot, e.AppDir(app))
 }
 
 // VerifyApp is Dokku's VerifyAppName: a valid name whose directory exists.
@@ -73,6 +74,9 @@ func (e Env) VerifyApp(app string) error {
 		return err
 	}
 	if !e.AppExists(app) {
+		if fi, err := os.Lstat(e.AppDir(app)); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+			return fmt.Errorf("%w: %q (%s %v)", ErrAppNotFound, app, e.AppDir(app), ErrSymlink)
+		}
 		return fmt.Errorf("%w: %q", ErrAppNotFound, app)
 	}
 	return nil
@@ -95,8 +99,7 @@ func (e Env) Apps() ([]string, error) {
 		if strings.HasPrefix(name, ".") || unicode.IsUpper(rune(name[0])) {
 			continue
 		}
-		fi, err := os.Stat(e.AppDir(name)) // follows symlinks, like Dokku's DirectoryExists
-		if err != nil || !fi.IsDir() {
+		if !IsDirBelow(e.DokkuRoot, e.AppDir(name)) { // no links: see AppExists
 			continue
 		}
 		apps = append(apps, name)

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -33,7 +32,7 @@ func (e Env) ContainerFiles(app string) ([]ContainerFile, error) {
 		return nil, err
 	}
 	dir := e.AppDir(app)
-	entries, err := os.ReadDir(dir)
+	entries, err := ReadDirBelow(e.DokkuRoot, dir)
 	if err != nil {
 		return nil, fmt.Errorf("list container files of %s: %w", app, err)
 	}
@@ -53,7 +52,7 @@ func (e Env) ContainerFiles(app string) ([]ContainerFile, error) {
 			continue
 		}
 		path := filepath.Join(dir, name)
-		b, err := os.ReadFile(path)
+		b, err := ReadFileBelow(e.DokkuRoot, path)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // replaced while listing
 		}

@@ -99,7 +99,7 @@ func (e Env) DockerOptionsStorage() (OptionsStorage, string, error) {
 	if val, ok, _ := e.Properties(DockerOptionsPlugin).Get(GlobalApp, "migrated-from-files"); ok && val == "true" {
 		return StorageProperties, "docker-options --global migrated-from-files is true", nil
 	}
-	if fi, err := os.Stat(e.PluginConfigDir(DockerOptionsPlugin)); err == nil && fi.IsDir() {
+	if IsDirBelow(e.LibRoot, e.PluginConfigDir(DockerOptionsPlugin)) {
 		return StorageProperties, e.PluginConfigDir(DockerOptionsPlugin) + " exists", nil
 	}
 	return "", "", fmt.Errorf("%w: %v; no %s", ErrUnknownOptionStorage, verr, e.PluginConfigDir(DockerOptionsPlugin))
@@ -166,7 +166,7 @@ func (e Env) LegacyOptionsFile(app string) string {
 func (d DockerOptions) readLines(app, proc string, st OptionsStorage) ([]string, bool, error) {
 	if st == StorageLegacyFile {
 		path := d.Env.LegacyOptionsFile(app)
-		b, err := os.ReadFile(path)
+		b, err := ReadFileBelow(d.Env.DokkuRoot, path)
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, false, nil
 		}

@@ -4,9 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -52,7 +52,7 @@ func (e Env) Formations(app string) ([]Formation, string, error) {
 		return f, "property ps/" + app + "/scale", nil
 	}
 	legacy := filepath.Join(e.AppDir(app), "DOKKU_SCALE")
-	if b, err := os.ReadFile(legacy); err == nil {
+	if b, err := ReadFileBelow(e.DokkuRoot, legacy); err == nil {
 		f, err := parseScale(splitLines(string(b)))
 		if err != nil {
 			return nil, "", fmt.Errorf("%s: %w", legacy, err)
@@ -62,7 +62,7 @@ func (e Env) Formations(app string) ([]Formation, string, error) {
 		return nil, "", fmt.Errorf("read %s: %w", legacy, err)
 	}
 	procfile := filepath.Join(e.DataDir("ps", app), "Procfile")
-	if b, err := os.ReadFile(procfile); err == nil {
+	if b, err := ReadFileBelow(e.LibRoot, procfile); err == nil {
 		var f []Formation
 		seen := map[string]bool{}
 		for _, l := range splitLines(string(b)) {
@@ -101,12 +101,12 @@ func parseScale(lines []string) ([]Formation, error) {
 		}
 		proc, count, ok := strings.Cut(l, "=")
 		if !ok {
-			return nil, fmt.Errorf("missing count for process type %q", l)
+			return nil, fmt.Errorf("missing count for process type %s", ShowValue(l))
 		}
 		proc = strings.TrimSpace(proc)
 		n, err := strconv.Atoi(strings.TrimSpace(count))
 		if err != nil {
-			return nil, fmt.Errorf("invalid count for process type %q", proc)
+			return nil, fmt.Errorf("invalid count for process type %s", ShowValue(proc))
 		}
 		if seen[proc] {
 			continue
@@ -155,6 +155,8 @@ func (e Env) CheckProcessType(app, proc string) error {
 		}
 	}
 	known := "none known"
+	// Names come from a file the dokku user writes: list only valid ones.
+	names = slices.DeleteFunc(names, func(n string) bool { return ValidateProcessType(n) != nil })
 	if len(names) > 0 {
 		known = "known: " + strings.Join(names, ", ")
 	}

@@ -82,7 +82,7 @@ func (p Properties) Get(app, key string) (value string, ok bool, err error) {
 	if err != nil {
 		return "", false, err
 	}
-	b, err := os.ReadFile(path)
+	b, err := ReadFileBelow(p.Env.LibRoot, path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", false, nil
 	}
@@ -118,7 +118,7 @@ func (p Properties) Keys(app string) ([]string, error) {
 		return nil, err
 	}
 	dir := p.Env.PropertyDir(p.Plugin, app)
-	entries, err := os.ReadDir(dir)
+	entries, err := ReadDirBelow(p.Env.LibRoot, dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}

@@ -148,6 +148,14 @@ func parseSettingRate(app string, s Setting) (rate.Rate, bool, error) {
 	}
 	v, err := rate.Parse(s.Value)
 	if err != nil {
+		// rate's message quotes its input: repeat it only when it is short and printable.
+		if ShowValue(s.Value)[0] != '"' {
+			var pe *rate.ParseError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return 0, true, fmt.Errorf("resource %s of app %s: invalid rate %s: %w", s.Key, app, ShowValue(s.Value), err)
+		}
 		return 0, true, fmt.Errorf("resource %s of app %s: %w", s.Key, app, err)
 	}
 	return v, true, nil

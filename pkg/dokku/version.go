@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -43,7 +42,7 @@ func (e Env) DokkuVersion() (Version, error) {
 	var tried []string
 	for _, name := range []string{"STABLE_VERSION", "VERSION"} {
 		path := filepath.Join(e.LibRoot, name)
-		b, err := os.ReadFile(path)
+		b, err := ReadFileBelow(e.LibRoot, path)
 		if errors.Is(err, fs.ErrNotExist) {
 			tried = append(tried, path+" missing")
 			continue
@@ -75,16 +74,16 @@ func ParseVersion(s string) (Version, error) {
 	}
 	parts := strings.Split(t, ".")
 	if len(parts) < 2 || len(parts) > 3 {
-		return Version{}, fmt.Errorf("not a version: %q", raw)
+		return Version{}, fmt.Errorf("not a version: %s", ShowValue(raw))
 	}
 	var n [3]int
 	for i, p := range parts {
 		if !allDigits(p) {
-			return Version{}, fmt.Errorf("not a version: %q", raw)
+			return Version{}, fmt.Errorf("not a version: %s", ShowValue(raw))
 		}
 		v, err := strconv.Atoi(p)
 		if err != nil {
-			return Version{}, fmt.Errorf("not a version: %q", raw)
+			return Version{}, fmt.Errorf("not a version: %s", ShowValue(raw))
 		}
 		n[i] = v
 	}

@@ -1,13 +1,17 @@
 // Package plugin tests dokku-netshape as an installed Dokku plugin: the
-// committed plugin layout copied into a fake /var/lib/dokku/plugins tree,
-// driven exactly as Dokku drives it — the install/uninstall triggers as
-// root, subcommands, `commands` and the other triggers as the dokku user,
-// which reaches root only through `sudo -n` and the sudoers file the install
-// trigger wrote.
+// committed plugin layout copied into /var/lib/dokku/plugins, driven exactly
+// as Dokku drives it — the install/uninstall triggers as root, subcommands,
+// `commands` and the other triggers as the dokku user, which reaches root
+// only through `sudo -n` and the sudoers file the install trigger wrote.
 //
-// Needs root, sudo (.ci/plugin-deps.sh), a Docker daemon for the triggers
-// that reconcile (.ci/docker-up.sh) and Go. A system user `dokku` is
-// created for the run if missing, and deleted afterwards only then.
+// Every test runs in a private mount namespace (test/rootns): the real
+// paths — /etc/sudoers.d, /etc/dokku-netshape, /usr/local/libexec,
+// /var/lib/dokku, /home/dokku, /run, /sys/fs/bpf — are private there, and
+// the `dokku` user exists only in the namespace's /etc. Nothing reaches the
+// machine's own configuration.
+//
+// Needs root, sudo (.ci/plugin-deps.sh), a Docker daemon for the lifecycle
+// test (.ci/docker-up.sh) and Go.
 package plugin
 
 import (
@@ -18,10 +22,8 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -33,6 +35,7 @@ import (
 	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
 	"github.com/dokku-netshape/dokku-netshape/test/docker/dockertest"
 	"github.com/dokku-netshape/dokku-netshape/test/nettest"
+	"github.com/dokku-netshape/dokku-netshape/test/rootns"
 )
 
 // The plugin's entry points as committed at the repo root.
@@ -43,10 +46,7 @@ var (
 
 var (
 	repoRoot  string
-	dokkuUser struct {
-		uid, gid uint32
-		created  bool
-	}
+	dokkuUser struct{ uid, gid uint32 }
 )
 
 func TestMain(m *testing.M) {
@@ -61,45 +61,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	repoRoot = filepath.Join(wd, "..", "..")
-	if os.Geteuid() == 0 {
-		if err := ensureDokkuUser(); err != nil {
-			fmt.Fprintln(os.Stderr, "create dokku user:", err)
-			return 1
-		}
-		if dokkuUser.created {
-			defer func() {
-				if out, err := exec.Command("userdel", "dokku").CombinedOutput(); err != nil {
-					fmt.Fprintf(os.Stderr, "userdel dokku: %v: %s\n", err, out)
-				}
-			}()
-		}
-	}
 	return m.Run()
-}
-
-// ensureDokkuUser creates the system user Dokku runs as, like Dokku's
-// package does, unless it exists.
-func ensureDokkuUser() error {
-	if _, err := user.Lookup("dokku"); err != nil {
-		// userdel would take a same-named group with it: never touch one we did not make.
-		if _, gerr := user.LookupGroup("dokku"); gerr == nil {
-			return errors.New("group dokku exists without user dokku; create the user (useradd --system -g dokku dokku) and rerun")
-		}
-		out, err := exec.Command("useradd", "--system", "--user-group", "--no-create-home",
-			"--home-dir", "/home/dokku", "--shell", "/bin/bash", "dokku").CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("useradd: %v: %s", err, out)
-		}
-		dokkuUser.created = true
-	}
-	u, err := user.Lookup("dokku")
-	if err != nil {
-		return err
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	dokkuUser.uid, dokkuUser.gid = uint32(uid), uint32(gid)
-	return nil
 }
 
 func requireTools(t *testing.T) {
@@ -116,41 +78,50 @@ func requireTools(t *testing.T) {
 	}
 }
 
-// dokkuEnv is a fake Dokku host: the fixture tree, the plugin tree under
-// DOKKU_LIB_ROOT/plugins, and private paths for everything install writes.
+// dokkuEnv is a Dokku host inside the private namespace: the fixture tree
+// bound at /home/dokku and /var/lib/dokku, the plugin tree under
+// /var/lib/dokku/plugins, and the real paths install writes.
 type dokkuEnv struct {
 	*dokkutest.Fixture
 	base      string
 	available string // plugins/available/netshape
 	enabled   string // plugins/enabled/netshape
-	sudoers   string // the grant, in /etc/sudoers.d so sudo reads it
-	testEnv   string // test-only sudoers file passing the private pin dir through sudo
+	sudoers   string // the grant
 	unit      string
 	rootBin   string
 	pinDir    string
 	lock      string
 }
 
+// newDokkuEnv must run inside rootns.Enter.
 func newDokkuEnv(t *testing.T) *dokkuEnv {
 	t.Helper()
+	rootns.MustBeInside(t)
+	dokkuUser.uid, dokkuUser.gid = rootns.AddUser(t, "dokku")
 	f := dokkutest.NewFixture(t)
-	sfx := nettest.Suffix()
+	// Dokku's real paths, private to the namespace.
+	for src, dst := range map[string]string{f.DokkuRoot: "/home/dokku", f.LibRoot: "/var/lib/dokku"} {
+		if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+			t.Fatalf("bind %s on %s: %v", src, dst, err)
+		}
+	}
+	f.DokkuRoot, f.LibRoot = "/home/dokku", "/var/lib/dokku"
+	f.Env.DokkuRoot, f.Env.LibRoot = f.DokkuRoot, f.LibRoot
+	t.Setenv("DOKKU_ROOT", f.DokkuRoot)
+	t.Setenv("DOKKU_LIB_ROOT", f.LibRoot)
 	base := t.TempDir()
 	e := &dokkuEnv{
 		Fixture:   f,
 		base:      base,
 		available: filepath.Join(f.LibRoot, "plugins", "available", "netshape"),
 		enabled:   filepath.Join(f.LibRoot, "plugins", "enabled", "netshape"),
-		sudoers:   "/etc/sudoers.d/netshape-e2e-" + sfx,
-		testEnv:   "/etc/sudoers.d/netshape-e2e-" + sfx + "-env",
-		unit:      filepath.Join(base, "netshape-e2e-watch.service"),
-		rootBin:   filepath.Join(base, "libexec", "dokku-netshape"),
-		pinDir:    "/sys/fs/bpf/netshape-e2e-" + sfx,
-		lock:      filepath.Join(base, "netshape.lock"),
+		sudoers:   "/etc/sudoers.d/dokku-netshape",
+		unit:      "/etc/systemd/system/dokku-netshape-watch.service",
+		rootBin:   "/usr/local/libexec/dokku-netshape",
+		pinDir:    shaper.DefaultPinDir,
+		lock:      "/run/netshape.lock",
 	}
 	t.Cleanup(func() {
-		os.Remove(e.sudoers)
-		os.Remove(e.testEnv)
 		if _, err := os.Stat(e.pinDir); err == nil {
 			if s, err := shaper.Open(shaper.Options{PinDir: e.pinDir}); err == nil {
 				if bs, err := s.Budgets(); err == nil {
@@ -208,18 +179,15 @@ func (e *dokkuEnv) env() []string {
 		"PLUGIN_AVAILABLE_PATH=" + filepath.Join(e.LibRoot, "plugins", "available"),
 		"PLUGIN_ENABLED_PATH=" + filepath.Join(e.LibRoot, "plugins", "enabled"),
 		"DOKKU_NOT_IMPLEMENTED_EXIT=10",
-		"NETSHAPE_SUDOERS=" + e.sudoers,
-		"NETSHAPE_UNIT=" + e.unit,
 		"NETSHAPE_SYSTEMCTL=" + filepath.Join(e.base, "systemctl"),
-		"NETSHAPE_ROOT_BIN=" + e.rootBin,
-		"NETSHAPE_PIN_DIR=" + e.pinDir,
-		"NETSHAPE_LOCK=" + e.lock,
 	}
 }
 
 type result struct {
 	code           int
 	stdout, stderr string
+	took           time.Duration
+	maxRSSKiB      int64 // of the process and the descendants it waited for (sudo waits for the command)
 }
 
 func (r result) String() string {
@@ -246,6 +214,7 @@ func (e *dokkuEnv) run(t *testing.T, asDokku bool, extraEnv []string, path strin
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	var err error
+	start := time.Now()
 	select {
 	case err = <-done:
 	case <-time.After(3 * time.Minute):
@@ -253,7 +222,10 @@ func (e *dokkuEnv) run(t *testing.T, asDokku bool, extraEnv []string, path strin
 		<-done
 		t.Fatalf("%s %v: timed out", path, args)
 	}
-	r := result{stdout: out.String(), stderr: errb.String()}
+	r := result{stdout: out.String(), stderr: errb.String(), took: time.Since(start)}
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		r.maxRSSKiB = ru.Maxrss
+	}
 	var ee *exec.ExitError
 	switch {
 	case errors.As(err, &ee):
@@ -412,6 +384,9 @@ func TestRootPluginLayout(t *testing.T) {
 // The whole life of the plugin on a Dokku host, in the order Dokku runs it.
 func TestRootDockerPluginLifecycleAsDokkuUser(t *testing.T) {
 	requireTools(t)
+	if !rootns.Enter(t) {
+		return
+	}
 	dockertest.Need(t) // post-deploy and report reconcile against Docker
 	e := newDokkuEnv(t)
 	e.AddApp("myapp", "web", 1)
@@ -478,12 +453,6 @@ func TestRootDockerPluginLifecycleAsDokkuUser(t *testing.T) {
 		if !executable(filepath.Join(e.enabled, n)) {
 			t.Errorf("%s not executable after install", n)
 		}
-	}
-	// The test's private pin dir and lock must reach the root side too;
-	// production keeps the defaults and needs no such line.
-	testEnv := "Defaults:dokku env_keep += \"NETSHAPE_PIN_DIR NETSHAPE_LOCK\"\n"
-	if err := os.WriteFile(e.testEnv, []byte(testEnv), 0o440); err != nil {
-		t.Fatal(err)
 	}
 	if out, err := exec.Command("visudo", "-c").CombinedOutput(); err != nil {
 		t.Fatalf("visudo -c with the installed files: %v\n%s", err, out)
@@ -617,7 +586,7 @@ func TestRootDockerPluginLifecycleAsDokkuUser(t *testing.T) {
 
 	// plugin:uninstall: `uninstall netshape` as root in every plugin, then rm -rf.
 	e.mustRun(t, false, filepath.Join(e.enabled, "uninstall"), "netshape")
-	for _, p := range []string{e.sudoers, e.unit, e.rootBin, e.pinDir} {
+	for _, p := range []string{e.sudoers, e.unit, e.rootBin, e.pinDir, "/etc/dokku-netshape"} {
 		if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("%s left after uninstall: %v", p, err)
 		}
@@ -632,6 +601,9 @@ func TestRootDockerPluginLifecycleAsDokkuUser(t *testing.T) {
 // builds it with Go. Without Go or a shipped binary it fails and says how.
 func TestRootPluginInstallFromGitClone(t *testing.T) {
 	requireTools(t)
+	if !rootns.Enter(t) {
+		return
+	}
 	e := newDokkuEnv(t)
 	if err := os.MkdirAll(filepath.Dir(e.available), 0o755); err != nil {
 		t.Fatal(err)
@@ -687,6 +659,9 @@ func TestRootPluginInstallFromGitClone(t *testing.T) {
 // up) and the install trigger uses the shipped binary.
 func TestRootPluginInstallFromTarball(t *testing.T) {
 	requireTools(t)
+	if !rootns.Enter(t) {
+		return
+	}
 	e := newDokkuEnv(t)
 	out := filepath.Join(e.base, "dist")
 	cmd := exec.Command(filepath.Join(repoRoot, "scripts", "plugin-tarball.sh"))
