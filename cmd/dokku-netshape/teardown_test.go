@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/dokku-netshape/dokku-netshape/test/rootns"
 	"os"
 	"slices"
 	"strings"
@@ -129,6 +130,9 @@ func TestRootRemoveAndUninstallWaitForLock(t *testing.T) {
 		}
 	})
 	t.Run("uninstall", func(t *testing.T) {
+		if !rootns.Enter(t) {
+			return
+		}
 		e := newInstEnv(t)
 		upsertBudgets(t, e.pinDir, "shop/_default_/egress", "other/web/ingress")
 		err := underLock(t, e.lock, e.pinDir, func() error { return runTrigger("uninstall", []string{pluginName}) })

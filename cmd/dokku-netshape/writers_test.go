@@ -208,7 +208,7 @@ func TestDockerReportBrokenApp(t *testing.T) {
 	e.SetResource("aaa", "", dokku.Limit, dokku.NetworkEgress, "1mbit")
 	e.SetResource("broken", "", dokku.Limit, dokku.NetworkEgress, "lots\nof")
 	e.SetResource("zzz", "", dokku.Limit, dokku.NetworkEgress, "2mbit")
-	const brokenErr = `broken: resource _default_.limit.network-egress of app broken: invalid rate "lots\nof"`
+	const brokenErr = `broken: resource _default_.limit.network-egress of app broken: invalid rate (7 bytes with unprintable characters, not shown)`
 
 	o := capture(t, "dokku-netshape", "report")
 	if o.code == 0 || o.stderr != "!     report failed for 1 of 3 apps (broken): see their sections\n" {
@@ -216,7 +216,7 @@ func TestDockerReportBrokenApp(t *testing.T) {
 	}
 	sections := strings.Split(o.stdout, "=====> ")
 	if len(sections) != 4 || !strings.HasPrefix(sections[1], "aaa netshape information\n") ||
-		!strings.HasPrefix(sections[2], "broken netshape information\n"+fmt.Sprintf("       %-32s%s", "Netshape error:", `broken: resource _default_.limit.network-egress of app broken: invalid rate "lots\nof"`)) ||
+		!strings.HasPrefix(sections[2], "broken netshape information\n"+fmt.Sprintf("       %-32s%s", "Netshape error:", `broken: resource _default_.limit.network-egress of app broken: invalid rate (7 bytes with unprintable characters, not shown)`)) ||
 		strings.Count(sections[2], "\n") != 2 || !strings.HasPrefix(sections[3], "zzz netshape information\n") ||
 		!strings.Contains(sections[1], fmt.Sprintf("%-32s1mbit\n", "Netshape egress:")) || !strings.Contains(sections[3], fmt.Sprintf("%-32s2mbit\n", "Netshape egress:")) {
 		t.Errorf("report sections:\n%s", o.stdout)

@@ -181,7 +181,7 @@ func TestRootAttacksThroughTheGrant(t *testing.T) {
 			} {
 				noSecret(t, key+": "+c.what, c.r)
 				if key == "_default_.limit.network-egress" || strings.Contains(c.what, "report") {
-					if c.r.code == 0 || !strings.Contains(c.r.stderr, p) || !strings.Contains(c.r.stderr, "symbolic link") {
+					if c.r.code == 0 || !strings.Contains(c.r.stdout+c.r.stderr, p) || !strings.Contains(c.r.stdout+c.r.stderr, "symbolic link") {
 						t.Errorf("%s: %s: %s\nwant a failure naming %s as a symbolic link", key, c.what, c.r, p)
 					}
 				}
@@ -201,13 +201,13 @@ func TestRootAttacksThroughTheGrant(t *testing.T) {
 			{"sudo report", e.sudo(t, nil, "report", "myapp")},
 			{"netshape:apply", e.run(t, true, nil, apply, "netshape:apply", "myapp")},
 		} {
-			if c.r.code == 0 || !strings.Contains(c.r.stderr, "FIFO") || c.r.took > 20*time.Second {
+			if c.r.code == 0 || !strings.Contains(c.r.stdout+c.r.stderr, "FIFO") || c.r.took > 20*time.Second {
 				t.Errorf("%s with a FIFO property: %s (took %v)\nwant a prompt failure naming the FIFO", c.what, c.r, c.r.took)
 			}
 		}
 		// post-deploy (every deploy) fails open, promptly.
 		r := e.run(t, true, nil, filepath.Join(e.enabled, "post-deploy"), "myapp", "", "", "latest")
-		if r.code != 0 || !strings.Contains(r.stderr, "FIFO") || r.took > 20*time.Second {
+		if r.code != 0 || !strings.Contains(r.stdout+r.stderr, "FIFO") || r.took > 20*time.Second {
 			t.Errorf("post-deploy with a FIFO property: %s (took %v)", r, r.took)
 		}
 		// The lock is free: the next apply goes through at once.
@@ -221,7 +221,7 @@ func TestRootAttacksThroughTheGrant(t *testing.T) {
 	t.Run("dev zero and a huge file", func(t *testing.T) {
 		e.plantProperty(t, "_default_.limit.network-egress", func(p string) error { return os.Symlink("/dev/zero", p) })
 		r := e.sudo(t, nil, "report", "myapp")
-		if r.code == 0 || !strings.Contains(r.stderr, "symbolic link") || r.took > 20*time.Second {
+		if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "symbolic link") || r.took > 20*time.Second {
 			t.Errorf("/dev/zero link: %s (took %v)", r, r.took)
 		}
 		t.Logf("report with a /dev/zero link: %v, max RSS %d KiB", r.took, r.maxRSSKiB)
@@ -234,7 +234,7 @@ func TestRootAttacksThroughTheGrant(t *testing.T) {
 		for _, args := range [][]string{{"report", "myapp"}, {"apply", "myapp"}} {
 			r := e.sudo(t, nil, args...)
 			t.Logf("%s with a 4 GiB property: %v, max RSS %d KiB", args[0], r.took, r.maxRSSKiB)
-			if r.code == 0 || !strings.Contains(r.stderr, "larger than 16 KiB") || !strings.Contains(r.stderr, p) {
+			if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "larger than 16 KiB") || !strings.Contains(r.stdout+r.stderr, p) {
 				t.Errorf("%v with a 4 GiB property: %s", args, r)
 			}
 			if r.maxRSSKiB > 200<<10 || r.took > 20*time.Second {
@@ -258,7 +258,7 @@ func TestRootAttacksThroughTheGrant(t *testing.T) {
 			t.Fatal(err)
 		}
 		os.Lchown(linkedApp, int(dokkuUser.uid), int(dokkuUser.gid))
-		if r := e.sudo(t, nil, "apply", "linked"); r.code == 0 || !strings.Contains(r.stderr, "symbolic link") {
+		if r := e.sudo(t, nil, "apply", "linked"); r.code == 0 || !strings.Contains(r.stdout+r.stderr, "symbolic link") {
 			t.Errorf("apply of a linked app dir: %s", r)
 		}
 		os.Remove(linkedApp)
@@ -271,7 +271,7 @@ func TestRootAttacksThroughTheGrant(t *testing.T) {
 			t.Fatal(err)
 		}
 		r := e.sudo(t, nil, "apply", "myapp")
-		if r.code == 0 || !strings.Contains(r.stderr, "symbolic link") {
+		if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "symbolic link") {
 			t.Errorf("apply with a linked config dir: %s", r)
 		}
 		if got := e.egressBudget(t); got != 20_000_000 {
@@ -350,7 +350,7 @@ func TestRootAttacksThroughTheGrant(t *testing.T) {
 			{"report", "myapp", "--netshape-bogus"},
 		} {
 			r := e.sudo(t, nil, args...)
-			if r.code == 0 || !strings.Contains(r.stderr, "only `apply APP|--all [--force]`") {
+			if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "only `apply APP|--all [--force]`") {
 				t.Errorf("sudo %v: %s\nwant the root side's refusal", args, r)
 			}
 		}
@@ -367,12 +367,12 @@ func TestRootAttacksThroughTheGrant(t *testing.T) {
 		}
 		want := "Docker did not answer within 2s on unix://" + silentSock
 		r := e.run(t, true, nil, filepath.Join(e.enabled, "post-deploy"), "myapp", "", "", "latest")
-		if r.code != 0 || !strings.Contains(r.stderr, want) || r.took > 30*time.Second {
+		if r.code != 0 || !strings.Contains(r.stdout+r.stderr, want) || r.took > 30*time.Second {
 			t.Errorf("post-deploy with a silent Docker: %s (took %v)\nwant exit 0 and %q", r, r.took, want)
 		}
 		t.Logf("post-deploy with a silent Docker returned after %v", r.took)
 		r = e.run(t, true, nil, report, "netshape:report", "myapp")
-		if r.code == 0 || !strings.Contains(r.stderr, want) || r.took > 30*time.Second {
+		if r.code == 0 || !strings.Contains(r.stdout+r.stderr, want) || r.took > 30*time.Second {
 			t.Errorf("netshape:report with a silent Docker: %s (took %v)", r, r.took)
 		}
 		// Back to an answering daemon: the lock was released.
@@ -398,7 +398,7 @@ func TestRootAttacksThroughTheGrant(t *testing.T) {
 		r := e.sudo(t, nil, "apply", "myapp")
 		unlock()
 		want := fmt.Sprintf("timed out waiting for the reconcile lock %s after 2s: held by pid %d: ", e.lock, os.Getpid())
-		if r.code == 0 || !strings.Contains(r.stderr, want) || r.took > 20*time.Second {
+		if r.code == 0 || !strings.Contains(r.stdout+r.stderr, want) || r.took > 20*time.Second {
 			t.Errorf("apply while the lock is held: %s (took %v)\nwant %q", r, r.took, want)
 		}
 		if r := e.sudo(t, nil, "apply", "myapp"); r.code != 0 {

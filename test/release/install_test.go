@@ -233,15 +233,19 @@ func (r runResult) String() string {
 
 // namespaceSetup runs in the trigger's private mount namespace before it:
 // the machine's own paths become empty tmpfs (nothing the trigger or the
-// binary does can reach them), bpffs is a fresh instance, and without Go
+// binary does can reach them), /etc is an overlay on a tmpfs in scratch
+// (install writes the root-owned /etc/dokku-netshape/paths, a path no
+// environment variable may move), bpffs is a fresh instance, and without Go
 // the toolchain directory is hidden too.
-func namespaceSetup(withGo bool) string {
+func namespaceSetup(withGo bool, scratch string) string {
 	dirs := []string{"/etc/sudoers.d", "/etc/systemd/system", "/usr/local/libexec", "/var/lib/dokku"}
 	if !withGo {
 		dirs = append(dirs, "/usr/local/go")
 	}
 	var b strings.Builder
 	b.WriteString("set -e\n")
+	fmt.Fprintf(&b, "mount -t tmpfs -o mode=0755 netshape-test %[1]s\nmkdir %[1]s/upper %[1]s/work\n", scratch)
+	fmt.Fprintf(&b, "mount -t overlay -o lowerdir=/etc,upperdir=%[1]s/upper,workdir=%[1]s/work netshape-test /etc\n", scratch)
 	for _, d := range dirs {
 		fmt.Fprintf(&b, "if [ -d %s ]; then mount -t tmpfs -o mode=0755 netshape-test %s; fi\n", d, d)
 	}
@@ -266,7 +270,7 @@ func (h *host) runTrigger(t *testing.T, withGo bool, extraEnv []string, trigger 
 	} else if p, err := exec.LookPath("go"); err == nil && !strings.HasPrefix(p, "/usr/local/go/") {
 		t.Fatalf("go is at %s, which this test cannot hide", p)
 	}
-	cmd := exec.Command("/bin/sh", append([]string{"-c", namespaceSetup(withGo), trigger}, args...)...)
+	cmd := exec.Command("/bin/sh", append([]string{"-c", namespaceSetup(withGo, t.TempDir()), trigger}, args...)...)
 	cmd.Env = append([]string{
 		"PATH=" + path,
 		"HOME=/root",
