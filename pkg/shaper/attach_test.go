@@ -19,8 +19,8 @@ import (
 
 // devState is everything on a device that Attach/Detach may change.
 type devState struct {
-	rootKind    string
-	rootHandle  uint32
+	rootKind     string
+	rootHandle   uint32
 	egressProgs  []string // TCX programs and legacy filters at egress, by name
 	ingressProgs []string // and at ingress
 	hasClsact    bool

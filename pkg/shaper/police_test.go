@@ -16,7 +16,7 @@ import (
 type testPolicer struct {
 	*testBudget
 	pol *ebpf.Program
-	tol    time.Duration
+	tol time.Duration
 }
 
 func newTestPolicer(t *testing.T, s *Shaper, b Budget) *testPolicer {
