@@ -197,7 +197,8 @@ int netshape_edt(struct __sk_buff *skb)
 // how far a paced stream can legitimately run ahead of the budget clock: EDT
 // express lets sparse packets leave up to 2x the horizon early, and delivery
 // from the container veth to this hook jitters (softirq backlog). What gets
-// through over any window w is at most rate*(w + tol) plus one frame.
+// through over any window w is at most rate*(w + tol) plus one frame, plus
+// once per live rate decrease the credit that decrease granted.
 
 struct police_cfg {
 	__u64 tol_ns;        // tolerance: how far tat may run ahead of now
@@ -286,18 +287,22 @@ int netshape_police(struct __sk_buff *skb)
 		st->credit_seq = credit_seq;
 		st->credit_left = credit_bytes;
 	}
-	if (st->tat < now)
-		st->tat = now;
-	if (st->tat - now <= tol) {
-		st->tat += cost;
-		verdict = 0;
-	} else if (now < credit_until && st->credit_left >= len) {
-		// Stamped by EDT at the old, higher rate before a live decrease:
-		// pass without charging the clock, so the new rate starts clean.
+	if (now < credit_until && st->credit_left >= len) {
+		// A live decrease: what EDT stamped at the old rate is still on
+		// its way. Spend the credit first and leave the clock alone, so
+		// those bytes do not eat the new rate's tolerance (a stream paced
+		// at exactly the new rate would never drain it again).
 		st->credit_left -= len;
 		verdict = 1;
 	} else {
-		verdict = 2;
+		if (st->tat < now)
+			st->tat = now;
+		if (st->tat - now <= tol) {
+			st->tat += cost;
+			verdict = 0;
+		} else {
+			verdict = 2;
+		}
 	}
 	bpf_spin_unlock(&st->lock);
 

@@ -196,8 +196,11 @@ func (s *Shaper) UpsertBudget(b Budget) error {
 // budget's current config (a lower rate or a shorter tolerance), packets EDT
 // already stamped at the old rate are still on their way: the policer gets a
 // one-off credit of what the old config could have had ahead of its clock
-// (plus one GSO packet), usable while those packets drain. Without it a live
-// decrease from 100 to 1 Mbit/s would drop them all as bypassed.
+// (plus one GSO packet), usable while those packets drain (twice the old
+// tolerance). The policer spends it before charging its clock, so the old
+// bytes do not eat the new rate's tolerance. Without it a live decrease from
+// 100 to 1 Mbit/s would drop them as bypassed; the most it lets through
+// beyond the new rate is the credit, once.
 func (s *Shaper) policeCfg(id uint32, b Budget) (edtPoliceCfg, error) {
 	newTol := b.PoliceTolerance()
 	pc := edtPoliceCfg{TolNs: uint64(newTol)}
