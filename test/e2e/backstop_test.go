@@ -89,12 +89,27 @@ func TestVMDockerBypassSender(t *testing.T) {
 		go func() {
 			out, err := d.Docker(ctx, "exec", b.Name, "/loadgen", "bypass", "-dev", "eth0",
 				"-to", net.JoinHostPort(d.Gateway(), "9"), "-dstmac", bridge.HardwareAddr.String(),
-				"-duration", (bypassWarm + bypassWindow + 3*time.Second).String())
+				"-duration", (bypassWarm + bypassWindow + 4*time.Second).String())
 			if err != nil {
 				t.Errorf("%s: bypass sender in %s: %v", phase, b.Name, err)
 			}
 			done <- lastLine(out)
 		}()
+		// `docker exec` takes seconds to start a process in a TCG guest: the window starts once the
+		// flood is seen on the host-side veth (its rx counter counts before any tc ingress).
+		hostRx := func() uint64 {
+			l, err := netlink.LinkByName(b.Pair.HostIf.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return l.Attrs().Statistics.RxBytes
+		}
+		rx0 := hostRx()
+		for deadline := time.Now().Add(30 * time.Second); hostRx()-rx0 < 1<<20; time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the bypass sender sent nothing within 30s", phase)
+			}
+		}
 		time.Sleep(bypassWarm)
 		w0, t0 := docker0Wire(t), time.Now()
 		time.Sleep(bypassWindow)
