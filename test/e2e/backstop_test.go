@@ -151,7 +151,7 @@ func TestVMDockerBypassSender(t *testing.T) {
 	}
 	// Only "nothing passes" is a failure here: a starved guest's bursty flood loses the gaps.
 	if with < 0.25*egressBps {
-		t.Errorf("with the backstop the host got only %.2f Mbit/s: the budget's worth should pass", mbit(with))
+		t.Errorf("with the backstop the host got only %.2f Mbit/s: the policer must not blackhole the budget", mbit(with))
 	}
 	if without < 2*egressBps {
 		t.Errorf("without the backstop the host got only %.2f Mbit/s: the sender does not bypass eth0's shaper", mbit(without))
