@@ -431,7 +431,11 @@ func removeStale(env dokku.Env, apps []string) error {
 
 func printResult(res reconcile.Result) {
 	for _, s := range res.Shaped {
-		fmt.Printf("-----> %s %s %s: %s\n", s.Container, s.Interface, s.Direction, s.Budget)
+		what := string(s.Direction)
+		if s.Backstop() {
+			what += " backstop on " + s.Device.Name
+		}
+		fmt.Printf("-----> %s %s %s: %s\n", s.Container, s.Interface, what, s.Budget)
 	}
 	for _, u := range res.Unshaped {
 		if u.Err == nil {
