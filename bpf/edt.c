@@ -19,6 +19,9 @@
 //    in flight leaves now instead of behind the bulk queue. It is still charged
 //    to the budget clock, so the long-run rate is unchanged; only order changes.
 //    Express stops once the backlog passes express_ns, bounding any burst.
+//
+// A second program, netshape_police, is the backstop for app egress: see the
+// comment above it.
 
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -168,6 +171,151 @@ int netshape_edt(struct __sk_buff *skb)
 			cnt->marked++;
 		if (express)
 			cnt->express++;
+	}
+	return PASS;
+}
+
+// ---------------------------------------------------------------------------
+// Backstop: police app egress on the host side.
+//
+// A container with CAP_NET_RAW (Docker's default) can send through an
+// AF_PACKET socket with PACKET_QDISC_BYPASS: its frames skip eth0's qdisc and
+// tc egress hook, so netshape_edt never sees them. netshape_police runs at tc
+// ingress of the host-side veth (in the host netns, out of the container's
+// reach) and checks every frame against the same budget.
+//
+// Why a policer here and EDT at the source: on the host side the sending
+// socket is already orphaned, so no backpressure is possible, only drops. At
+// the source TCP feels fq's backpressure and keeps its rate without loss;
+// traffic it paced passes this policer untouched, only what outruns the
+// budget by more than its tolerance is dropped and counted as bypassed.
+//
+// GCRA (a virtual clock per budget, like the EDT one): per frame, under the
+// budget's lock, if tat < now then tat = now; if tat - now > tol the frame is
+// dropped; else tat += cost. Checked before charging (as EDT measures its
+// backlog before the packet), so one large GSO packet always fits. tol covers
+// how far a paced stream can legitimately run ahead of the budget clock: EDT
+// express lets sparse packets leave up to 2x the horizon early, and delivery
+// from the container veth to this hook jitters (softirq backlog). What gets
+// through over any window w is at most rate*(w + tol) plus one frame, plus
+// once per live rate decrease the credit that decrease granted.
+
+struct police_cfg {
+	__u64 tol_ns;        // tolerance: how far tat may run ahead of now
+	__u64 credit_bytes;  // one-off allowance granted by a live rate decrease
+	__u64 credit_until;  // ... usable until this time (CLOCK_MONOTONIC ns)
+	__u64 credit_seq;    // bumped on every grant
+};
+
+struct police_state {
+	struct bpf_spin_lock lock;
+	__u32 _pad;
+	__u64 tat;         // theoretical arrival time of the budget's next byte
+	__u64 credit_left; // what is left of the grant credit_seq names
+	__u64 credit_seq;
+};
+
+struct police_stats {
+	__u64 bytes;    // bytes passed (charged length)
+	__u64 packets;  // frames passed
+	__u64 bypassed; // frames dropped: they outran the budget (EDT never paced them)
+	__u64 credited; // frames passed on the credit of a rate decrease
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct police_cfg);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} netshape_pcfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct police_state);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} netshape_pstate SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct police_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} netshape_pstats SEC(".maps");
+
+// The smallest header a segmentation offload repeats per segment (Ethernet +
+// IPv4 + TCP without options). At tc ingress skb->len counts a GSO packet's
+// headers once; charging each further segment at least this much means a
+// crafted GSO packet with tiny segments cannot put more on the wire than it
+// was charged for (TCP), while a paced TCP packet is never charged more than
+// EDT charged it (its real headers are at least this long).
+#define MIN_SEG_HEADER 54
+
+SEC("tc")
+int netshape_police(struct __sk_buff *skb)
+{
+	__u32 id = budget_id;
+	struct budget_cfg *cfg = bpf_map_lookup_elem(&netshape_cfg, &id);
+	if (!cfg || !cfg->rate_bps)
+		return PASS;
+	struct police_cfg *pc = bpf_map_lookup_elem(&netshape_pcfg, &id);
+	if (!pc)
+		return PASS;
+	struct police_state *st = bpf_map_lookup_elem(&netshape_pstate, &id);
+	if (!st)
+		return PASS;
+	struct police_stats *cnt = bpf_map_lookup_elem(&netshape_pstats, &id);
+
+	// No protocol is parsed: every ethertype is charged alike.
+	__u64 len = skb->len;
+	__u32 segs = skb->gso_segs;
+	if (segs > 1)
+		len += (__u64)(segs - 1) * MIN_SEG_HEADER;
+	__u64 cost = len * 8 * NSEC_PER_SEC / cfg->rate_bps;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 tol = pc->tol_ns;
+	__u64 credit_until = pc->credit_until;
+	__u64 credit_seq = pc->credit_seq;
+	__u64 credit_bytes = pc->credit_bytes;
+
+	int verdict; // 0 pass, 1 pass on credit, 2 drop
+	bpf_spin_lock(&st->lock);
+	if (st->credit_seq != credit_seq) {
+		st->credit_seq = credit_seq;
+		st->credit_left = credit_bytes;
+	}
+	if (now < credit_until && st->credit_left >= len) {
+		// A live decrease: what EDT stamped at the old rate is still on
+		// its way. Spend the credit first and leave the clock alone, so
+		// those bytes do not eat the new rate's tolerance (a stream paced
+		// at exactly the new rate would never drain it again).
+		st->credit_left -= len;
+		verdict = 1;
+	} else {
+		if (st->tat < now)
+			st->tat = now;
+		if (st->tat - now <= tol) {
+			st->tat += cost;
+			verdict = 0;
+		} else {
+			verdict = 2;
+		}
+	}
+	bpf_spin_unlock(&st->lock);
+
+	if (verdict == 2) {
+		if (cnt)
+			cnt->bypassed++;
+		return TC_ACT_SHOT;
+	}
+	if (cnt) {
+		cnt->bytes += len;
+		cnt->packets++;
+		if (verdict == 1)
+			cnt->credited++;
 	}
 	return PASS;
 }

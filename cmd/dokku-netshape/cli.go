@@ -535,7 +535,11 @@ func reconcileApps(ctx context.Context, r *reconcile.Reconciler, apps []string) 
 
 func printResult(res reconcile.Result) {
 	for _, s := range res.Shaped {
-		fmt.Printf("-----> %s %s %s: %s\n", s.Container, s.Interface, s.Direction, res.BudgetLabel(s.Budget))
+		what := string(s.Direction)
+		if s.Backstop() {
+			what += " backstop on " + s.Device.Name
+		}
+		fmt.Printf("-----> %s %s %s: %s\n", s.Container, s.Interface, what, res.BudgetLabel(s.Budget))
 	}
 	for _, u := range res.Unshaped {
 		if u.Err == nil {

@@ -24,7 +24,16 @@ import (
 // reportFields are the `--netshape-FIELD` names, in display order.
 var reportFields = []string{
 	"egress", "ingress", "process-limits", "memory", "memory-swap", "cpus", "docker-options",
-	"shaped", "unshaped", "warnings", "counters", "cluster",
+	"shaped", "unshaped", "warnings", "counters", "bypassed", "cluster",
+}
+
+// appReport is one app's report: every field as text, and the numbers that
+// JSON gives as numbers.
+type appReport struct {
+	fields map[string]string
+	// bypassed: per egress budget ("_default_/egress"), the frames its
+	// host-side backstop dropped because they skipped the EDT shaper.
+	bypassed map[string]uint64
 }
 
 func reportCommand() *cli.Command {
@@ -113,15 +122,15 @@ func runReport(ctx context.Context, args []string, out io.Writer) error {
 			// One app's broken property must not hide the others: each
 			// app's error goes in its own section, the exit status says
 			// something failed once everything is printed.
-			all := map[string]map[string]string{}
+			all := map[string]appReport{}
 			failed := map[string]error{}
 			for _, app := range apps {
-				fields, err := appReport(ctx, r, app)
+				rep, err := reportApp(ctx, r, app)
 				if err != nil {
 					failed[app] = err
 					continue
 				}
-				all[app] = fields
+				all[app] = rep
 			}
 			if err := writeReport(out, ra, apps, all, failed); err != nil {
 				return err
@@ -148,25 +157,25 @@ func runReport(ctx context.Context, args []string, out io.Writer) error {
 	})
 }
 
-func writeReport(out io.Writer, ra reportArgs, apps []string, all map[string]map[string]string, failed map[string]error) error {
+func writeReport(out io.Writer, ra reportArgs, apps []string, all map[string]appReport, failed map[string]error) error {
 	switch {
 	case ra.field != "":
 		for _, app := range apps {
-			fmt.Fprintln(out, all[app][ra.field])
+			fmt.Fprintln(out, all[app].fields[ra.field])
 		}
 	case ra.format == "json":
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
-		entry := func(app string) map[string]string {
+		entry := func(app string) map[string]any {
 			if err := failed[app]; err != nil {
-				return map[string]string{"error": err.Error()}
+				return map[string]any{"error": err.Error()}
 			}
-			return prefixed(all[app])
+			return all[app].json()
 		}
 		if ra.app != "" {
 			return enc.Encode(entry(ra.app))
 		}
-		byApp := map[string]map[string]string{}
+		byApp := map[string]map[string]any{}
 		for _, app := range apps {
 			byApp[app] = entry(app)
 		}
@@ -180,7 +189,7 @@ func writeReport(out io.Writer, ra reportArgs, apps []string, all map[string]map
 			}
 			for _, f := range reportFields {
 				label := "Netshape " + strings.ReplaceAll(f, "-", " ") + ":"
-				fmt.Fprintf(out, "       %-32s%s\n", label, all[app][f])
+				fmt.Fprintf(out, "       %-32s%s\n", label, all[app].fields[f])
 			}
 		}
 	}
@@ -197,36 +206,43 @@ func printableLine(s string) string {
 	}, s)
 }
 
-func prefixed(f map[string]string) map[string]string {
-	out := make(map[string]string, len(f))
-	for k, v := range f {
+// json is the report as `--format json` prints it: text fields as strings,
+// bypassed as an object of numbers per budget.
+func (a appReport) json() map[string]any {
+	out := make(map[string]any, len(a.fields))
+	for k, v := range a.fields {
 		out["netshape-"+k] = v
 	}
+	bypassed := a.bypassed
+	if bypassed == nil {
+		bypassed = map[string]uint64{}
+	}
+	out["netshape-bypassed"] = bypassed
 	return out
 }
 
-// appReport gathers one app's fields.
-func appReport(ctx context.Context, r *reconcile.Reconciler, app string) (map[string]string, error) {
+// reportApp gathers one app's fields.
+func reportApp(ctx context.Context, r *reconcile.Reconciler, app string) (appReport, error) {
 	f := map[string]string{}
 	for _, k := range reportFields {
 		f[k] = ""
 	}
 	st, err := r.Status(ctx, app)
 	if err != nil {
-		return nil, err
+		return appReport{}, err
 	}
 	if st.Scheduler != "" {
 		// Nothing local to look at: the configured limits of every
 		// process type, and the pod annotations that carry them.
 		procs, err := r.Env.ResourceProcessTypes(app)
 		if err != nil {
-			return nil, err
+			return appReport{}, err
 		}
 		if st.Wants, err = r.Wants(app, procs); err != nil {
-			return nil, err
+			return appReport{}, err
 		}
 		if f["cluster"], err = clusterReport(r.Env, app, st.Wants); err != nil {
-			return nil, err
+			return appReport{}, err
 		}
 	}
 	var procLimits []string
@@ -243,7 +259,7 @@ func appReport(ctx context.Context, r *reconcile.Reconciler, app string) (map[st
 
 	cur, err := limits.Read(r.Env, app, reconcile.DefaultScope)
 	if err != nil {
-		return nil, err
+		return appReport{}, err
 	}
 	// Raw property content (a root process prints this): shown only when short and printable.
 	f["memory"], f["memory-swap"], f["cpus"] = reportValue(cur.Memory), reportValue(cur.MemorySwap), reportValue(cur.CPUs)
@@ -255,7 +271,11 @@ func appReport(ctx context.Context, r *reconcile.Reconciler, app string) (map[st
 
 	var shaped, unshaped []string
 	for _, s := range st.Shaped {
-		shaped = append(shaped, fmt.Sprintf("%s/%s %s", s.Container, s.Interface, s.Direction))
+		item := fmt.Sprintf("%s/%s %s", s.Container, s.Interface, s.Direction)
+		if s.Backstop() {
+			item += " backstop"
+		}
+		shaped = append(shaped, item)
 	}
 	for _, u := range st.Unshaped {
 		where := u.Container
@@ -268,7 +288,8 @@ func appReport(ctx context.Context, r *reconcile.Reconciler, app string) (map[st
 	f["unshaped"] = strings.Join(unshaped, "; ")
 	f["warnings"] = strings.Join(st.Warnings, "; ")
 
-	var counters []string
+	var counters, bypassed []string
+	rep := appReport{fields: f, bypassed: map[string]uint64{}}
 	if r.Shaper != nil {
 		for _, w := range st.Wants {
 			b, err := r.Shaper.Budget(w.Budget.Name)
@@ -276,14 +297,23 @@ func appReport(ctx context.Context, r *reconcile.Reconciler, app string) (map[st
 				continue
 			}
 			if err != nil {
-				return nil, err
+				return appReport{}, err
 			}
-			counters = append(counters, fmt.Sprintf("%s/%s: %d bytes, %d packets, %d delayed, %d dropped, %d marked, %d express",
-				w.Scope, w.Direction, b.Stats.Bytes, b.Stats.Packets, b.Stats.Delayed, b.Stats.Dropped, b.Stats.Marked, b.Stats.Express))
+			name := w.Scope + "/" + string(w.Direction)
+			c := fmt.Sprintf("%s: %d bytes, %d packets, %d delayed, %d dropped, %d marked, %d express",
+				name, b.Stats.Bytes, b.Stats.Packets, b.Stats.Delayed, b.Stats.Dropped, b.Stats.Marked, b.Stats.Express)
+			if w.Direction == reconcile.Egress {
+				// Only app egress has a backstop (ingress is shaped on the host already).
+				c += fmt.Sprintf(", %d bypassed", b.Stats.Bypassed)
+				bypassed = append(bypassed, fmt.Sprintf("%s: %d", name, b.Stats.Bypassed))
+				rep.bypassed[name] = b.Stats.Bypassed
+			}
+			counters = append(counters, c)
 		}
 	}
 	f["counters"] = strings.Join(counters, "; ")
-	return f, nil
+	f["bypassed"] = strings.Join(bypassed, ", ")
+	return rep, nil
 }
 
 // clusterReport is the "cluster" field of a k3s app: the pod annotations this

@@ -74,7 +74,14 @@ type Shaped struct {
 	Direction Direction
 	Device    shaper.Device
 	Budget    string
+	// Hook is shaper.HookShape for the EDT shaper, or shaper.HookPolice for
+	// the backstop that polices an interface's app egress a second time on
+	// its host-side peer (where the container cannot bypass it).
+	Hook shaper.Hook
 }
+
+// Backstop reports whether this is the host-side policer of app egress.
+func (s Shaped) Backstop() bool { return s.Hook == shaper.HookPolice }
 
 // Unshaped is something that should carry a limit but does not, and why.
 type Unshaped struct {
@@ -204,15 +211,29 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 		}
 	}
 
-	want := map[devID]string{} // device -> budget it must enforce
+	want := map[devID]string{} // device and hook -> budget it must enforce
+	unshapedEgress := map[[2]string]bool{}
 	for _, p := range r.plan(list, res.Wants, &res) {
-		a, err := r.Shaper.Attach(p.Device, p.Budget, shaper.AttachOptions{Force: r.Force})
-		if err != nil {
-			res.Unshaped = append(res.Unshaped, Unshaped{Container: p.Container, Process: p.Process,
-				Interface: p.Interface, Direction: p.Direction, Reason: "attach failed", Err: err})
+		where := [2]string{p.Container, p.Interface}
+		if p.Backstop() && unshapedEgress[where] {
+			// Fail open: the backstop's tolerance assumes EDT paces the
+			// interface; without it the policer would be the limit.
 			continue
 		}
-		want[devID{a.NetnsIno, a.Ifindex}] = p.Budget
+		a, err := r.Shaper.Attach(p.Device, p.Budget, shaper.AttachOptions{Force: r.Force, Hook: p.Hook})
+		if err != nil {
+			if p.Direction == Egress && !p.Backstop() {
+				unshapedEgress[where] = true
+			}
+			reason := "attach failed"
+			if p.Backstop() {
+				reason = "backstop attach failed (egress stays shaped at the source)"
+			}
+			res.Unshaped = append(res.Unshaped, Unshaped{Container: p.Container, Process: p.Process,
+				Interface: p.Interface, Direction: p.Direction, Reason: reason, Err: err})
+			continue
+		}
+		want[devID{a.NetnsIno, a.Ifindex, a.Hook}] = p.Budget
 		res.Shaped = append(res.Shaped, p)
 	}
 
@@ -226,10 +247,10 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 		if !ownedBy(a.Budget, app) {
 			continue
 		}
-		if _, ok := want[devID{a.NetnsIno, a.Ifindex}]; ok {
+		if _, ok := want[devID{a.NetnsIno, a.Ifindex, a.Hook}]; ok {
 			continue // attached (or moved to its new budget) above
 		}
-		if err := r.Shaper.Detach(a.Device); err != nil {
+		if err := r.Shaper.DetachHook(a.Device, a.Hook); err != nil {
 			// Keep going: the rest of the app still needs reconciling and reporting.
 			res.Unshaped = append(res.Unshaped, Unshaped{Interface: a.Device.Name, Budget: a.Budget,
 				Reason: "could not detach a limit no longer configured", Err: err})
@@ -260,6 +281,7 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 type devID struct {
 	ino     uint64
 	ifindex int
+	hook    shaper.Hook
 }
 
 // plan lists the devices of the app's containers and the budget each must
@@ -315,6 +337,17 @@ func (r *Reconciler) planContainer(c containers.Container, wants []Want, res *Re
 			item.Direction, item.Budget = Egress, egress
 			item.Device = shaper.Device{Netns: path, Name: p.ContainerIf.Name}
 			out = append(out, item)
+			// The backstop: the same budget policed at the host-side peer's
+			// ingress, out of the container's reach (a NET_RAW container can
+			// send past eth0's tc egress with PACKET_QDISC_BYPASS).
+			if p.Peer == veth.PeerHost {
+				backstop := item
+				backstop.Device, backstop.Hook = shaper.Device{Name: p.HostIf.Name}, shaper.HookPolice
+				out = append(out, backstop)
+			} else {
+				res.Warnings = append(res.Warnings, fmt.Sprintf("%s %s: no egress backstop, the veth peer is not in the host network namespace (%s)",
+					c.Name, p.ContainerIf.Name, p.Peer))
+			}
 		}
 		if !hasIngress {
 			continue
@@ -351,6 +384,9 @@ func (r *Reconciler) Status(ctx context.Context, app string) (Result, error) {
 	planned := r.plan(list, res.Wants, &res)
 	if r.Shaper == nil {
 		for _, p := range planned {
+			if p.Backstop() {
+				continue // said once per interface and direction
+			}
 			res.Unshaped = append(res.Unshaped, Unshaped{Container: p.Container, Process: p.Process, Interface: p.Interface,
 				Direction: p.Direction, Reason: "unknown: reading attachments needs root"})
 		}
@@ -361,12 +397,18 @@ func (r *Reconciler) Status(ctx context.Context, app string) (Result, error) {
 		return res, err
 	}
 	for _, p := range planned {
-		if slices.ContainsFunc(atts, func(a shaper.Attachment) bool { return a.Device == p.Device && a.Budget == p.Budget }) {
+		if slices.ContainsFunc(atts, func(a shaper.Attachment) bool {
+			return a.Device == p.Device && a.Budget == p.Budget && a.Hook == p.Hook
+		}) {
 			res.Shaped = append(res.Shaped, p)
 			continue
 		}
+		what := "not attached"
+		if p.Backstop() {
+			what = "backstop not attached"
+		}
 		res.Unshaped = append(res.Unshaped, Unshaped{Container: p.Container, Process: p.Process, Interface: p.Interface,
-			Direction: p.Direction, Reason: "not attached: run `dokku netshape:apply " + app + "`",
+			Direction: p.Direction, Reason: what + ": run `dokku netshape:apply " + app + "`",
 			Err: errors.New("limit configured but not attached")})
 	}
 	return res, nil

@@ -150,7 +150,7 @@ func TestRootFqReconcileSharesOneBudgetAndCleansUp(t *testing.T) {
 	f.AddApp("shop", "web", 2, "worker", 1)
 	f.SetResource("shop", "", dokku.Limit, dokku.Network, "20mbit")
 	f.SetResource("shop", "worker", dokku.Limit, dokku.NetworkEgress, "1mbit")
-	web1, _ := fakeContainer(t, "shop", "web", 1, 21)
+	web1, web1Pair := fakeContainer(t, "shop", "web", 1, 21)
 	web2, _ := fakeContainer(t, "shop", "web", 2, 22)
 	worker, _ := fakeContainer(t, "shop", "worker", 1, 23)
 	docker := fakeDocker{"shop": {web1, web2, worker}}
@@ -162,9 +162,19 @@ func TestRootFqReconcileSharesOneBudgetAndCleansUp(t *testing.T) {
 	}
 	budgets := map[string]int{}
 	for _, s := range res.Shaped {
-		budgets[s.Budget]++
+		budgets[s.Budget+" "+s.Hook.String()]++
+		// Each egress shaper has its backstop on the interface's host-side peer.
+		if s.Backstop() && (s.Direction != Egress || s.Device.Netns != "") {
+			t.Errorf("backstop %+v: want app egress on a host-side device", s)
+		}
+		if s.Backstop() && s.Container == web1.Name && s.Device.Name != web1Pair.NameB {
+			t.Errorf("backstop of %s on %s, want its peer %s", s.Container, s.Device.Name, web1Pair.NameB)
+		}
 	}
-	want := map[string]int{"shop/_default_/egress": 2, "shop/_default_/ingress": 3, "shop/worker/egress": 1}
+	want := map[string]int{
+		"shop/_default_/egress shape": 2, "shop/_default_/egress police": 2,
+		"shop/_default_/ingress shape": 3, "shop/worker/egress shape": 1, "shop/worker/egress police": 1,
+	}
 	if len(budgets) != len(want) {
 		t.Fatalf("budgets used %v, want %v", budgets, want)
 	}
@@ -193,7 +203,7 @@ func TestRootFqReconcileSharesOneBudgetAndCleansUp(t *testing.T) {
 		t.Fatal(err, res.Err())
 	}
 	atts, _ := r.Shaper.Attachments()
-	if len(atts) != 4 { // web.1 and worker, both directions, all _default_
+	if len(atts) != 6 { // web.1 and worker, both directions and the egress backstops, all _default_
 		t.Fatalf("attachments after scale-down %v", atts)
 	}
 	for _, a := range atts {
@@ -213,7 +223,9 @@ func TestRootFqReconcileSharesOneBudgetAndCleansUp(t *testing.T) {
 }
 
 func sameAttachments(a, b []shaper.Attachment) bool {
-	key := func(x shaper.Attachment) string { return x.Device.String() + "=" + x.Budget + x.Mode.String() }
+	key := func(x shaper.Attachment) string {
+		return x.Device.String() + "=" + x.Budget + x.Mode.String() + x.Hook.String()
+	}
 	ka, kb := make([]string, len(a)), make([]string, len(b))
 	for i := range a {
 		ka[i] = key(a[i])

@@ -15,9 +15,12 @@ import (
 )
 
 const (
-	// progName is the name of every program and legacy filter we attach; it is
-	// how we recognise ours among other tools' programs on the same device.
-	progName = "netshape_edt"
+	// ownPrefix starts the name of every program and legacy filter we attach;
+	// it is how we recognise ours among other tools' programs on a device.
+	ownPrefix = "netshape_"
+	// progName and policeName are the shaping and backstop programs.
+	progName   = "netshape_edt"
+	policeName = "netshape_police"
 
 	// fqHandle is the handle of the fq root qdiscs we install ("4e53:", "NS").
 	// A root qdisc with any other non-zero handle belongs to someone else.
@@ -55,11 +58,67 @@ func (m Mode) String() string {
 	return fmt.Sprintf("mode(%d)", uint8(m))
 }
 
+// Hook says what an attachment does to its device.
+type Hook uint32
+
+const (
+	// HookShape: the EDT program at tc egress plus fq root, shaping what the
+	// device transmits (app egress on the container side, app ingress on the host side).
+	HookShape Hook = 0
+	// HookPolice: the backstop policer at tc ingress of a host-side veth,
+	// policing what the container sends (app egress) a second time where
+	// the container cannot reach it. No qdisc: it only passes or drops.
+	HookPolice Hook = 1
+)
+
+var hooks = []Hook{HookShape, HookPolice}
+
+func (h Hook) String() string {
+	switch h {
+	case HookShape:
+		return "shape"
+	case HookPolice:
+		return "police"
+	}
+	return fmt.Sprintf("hook(%d)", uint32(h))
+}
+
+// prog is the program a hook runs; parent and attach are where it runs.
+func (h Hook) prog() string {
+	if h == HookPolice {
+		return policeName
+	}
+	return progName
+}
+
+func (h Hook) parent() uint32 {
+	if h == HookPolice {
+		return netlink.HANDLE_MIN_INGRESS
+	}
+	return netlink.HANDLE_MIN_EGRESS
+}
+
+func (h Hook) tcx() ebpf.AttachType {
+	if h == HookPolice {
+		return ebpf.AttachTCXIngress
+	}
+	return ebpf.AttachTCXEgress
+}
+
+func (h Hook) side() string {
+	if h == HookPolice {
+		return "ingress"
+	}
+	return "egress"
+}
+
 // AttachOptions tune Attach.
 type AttachOptions struct {
 	// Force replaces a root qdisc that someone else installed. Without it
 	// such a qdisc is an ErrForeignQdisc and nothing is changed.
 	Force bool
+	// Hook is what to attach: HookShape (the default) or HookPolice.
+	Hook Hook
 }
 
 // Attachment is one device enforcing one budget.
@@ -68,6 +127,7 @@ type Attachment struct {
 	Budget   string
 	BudgetID uint32
 	Mode     Mode
+	Hook     Hook
 	NetnsIno uint64
 	Ifindex  int
 }
@@ -79,7 +139,16 @@ type Attachment struct {
 //
 // The device's transmit direction is what gets shaped. For a container that
 // is app egress on the container-side veth and app ingress on the host-side one.
+//
+// With opts.Hook = HookPolice it attaches the budget's backstop policer at the
+// device's tc ingress instead (no qdisc): used on the host-side peer of a
+// container interface whose app egress the budget shapes. A device can carry
+// one attachment per hook.
 func (s *Shaper) Attach(dev Device, budget string, opts AttachOptions) (Attachment, error) {
+	hook := opts.Hook
+	if hook != HookShape && hook != HookPolice {
+		return Attachment{}, fmt.Errorf("attach %s: unknown %s", dev, hook)
+	}
 	id, found, err := s.lookupID(budget)
 	if err != nil {
 		return Attachment{}, err
@@ -101,24 +170,26 @@ func (s *Shaper) Attach(dev Device, budget string, opts AttachOptions) (Attachme
 	if err != nil {
 		return Attachment{}, err
 	}
-	key := devKey{NetnsIno: ns.ino, Ifindex: uint32(l.Attrs().Index)}
+	key := devKey{NetnsIno: ns.ino, Ifindex: uint32(l.Attrs().Index), Hook: hook}
 	prev, havePrev, err := s.lookupDev(key)
 	if err != nil {
 		return Attachment{}, err
 	}
-	att := Attachment{Device: dev, Budget: budget, BudgetID: id, NetnsIno: key.NetnsIno, Ifindex: int(key.Ifindex)}
+	att := Attachment{Device: dev, Budget: budget, BudgetID: id, Hook: hook, NetnsIno: key.NetnsIno, Ifindex: int(key.Ifindex)}
 	if havePrev && prev.Budget == id && s.inPlace(ns, l, key, prev) {
 		att.Mode = Mode(prev.Mode)
 		return att, nil
 	}
-	prog, err := s.program(id, budget)
+	prog, err := s.program(id, budget, hook)
 	if err != nil {
 		return Attachment{}, err
 	}
 
-	createdFq, err := ensureFq(ns, l, dev, opts.Force)
-	if err != nil {
-		return Attachment{}, err
+	createdFq := false
+	if hook == HookShape {
+		if createdFq, err = ensureFq(ns, l, dev, opts.Force); err != nil {
+			return Attachment{}, err
+		}
 	}
 	undoFq := func() {
 		if createdFq {
@@ -153,11 +224,14 @@ func (s *Shaper) Attach(dev Device, budget string, opts AttachOptions) (Attachme
 }
 
 // inPlace reports whether a recorded attachment is still whole on the device:
-// our fq at the root and our program at egress. Then Attach has nothing to do.
+// our fq at the root (shaping only) and our program at the hook. Then Attach
+// has nothing to do.
 func (s *Shaper) inPlace(ns *nsRef, l netlink.Link, k devKey, v devVal) bool {
-	root, err := rootQdisc(ns, l, Device{})
-	if err != nil || root == nil || !isOurFq(root) {
-		return false
+	if k.Hook == HookShape {
+		root, err := rootQdisc(ns, l, Device{})
+		if err != nil || root == nil || !isOurFq(root) {
+			return false
+		}
 	}
 	switch Mode(v.Mode) {
 	case ModeTCX:
@@ -167,9 +241,9 @@ func (s *Shaper) inPlace(ns *nsRef, l netlink.Link, k devKey, v devVal) bool {
 		}
 		defer old.Close()
 		info, err := old.Info()
-		return err == nil && info.TCX() != nil && info.TCX().Ifindex == k.Ifindex
+		return err == nil && info.TCX() != nil && info.TCX().Ifindex == k.Ifindex && ebpf.AttachType(info.TCX().AttachType) == k.Hook.tcx()
 	case ModeLegacy:
-		filters, err := ns.nl.FilterList(l, netlink.HANDLE_MIN_EGRESS)
+		filters, err := ns.nl.FilterList(l, k.Hook.parent())
 		if err != nil {
 			return false
 		}
@@ -182,31 +256,45 @@ func (s *Shaper) inPlace(ns *nsRef, l netlink.Link, k devKey, v devVal) bool {
 	return false
 }
 
-// program returns the EDT program instance whose budget_id constant is id.
-func (s *Shaper) program(id uint32, budget string) (*ebpf.Program, error) {
+// program returns the hook's program instance whose budget_id constant is id.
+func (s *Shaper) program(id uint32, budget string, hook Hook) (*ebpf.Program, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if p := s.progs[id]; p != nil {
+	k := progKey{id, hook}
+	if p := s.progs[k]; p != nil {
 		return p, nil
 	}
 	spec := s.spec.Copy()
 	if err := spec.Variables["budget_id"].Set(id); err != nil {
-		return nil, fmt.Errorf("set budget id of EDT program: %w", err)
+		return nil, fmt.Errorf("set budget id of %s program: %w", hook.prog(), err)
 	}
-	var objs struct {
-		Prog *ebpf.Program `ebpf:"netshape_edt"`
+	// Load only the one program (LoadAndAssign loads what it is asked for
+	// and the maps that program uses), against the pinned maps.
+	ps, ok := spec.Programs[hook.prog()]
+	if !ok {
+		return nil, fmt.Errorf("embedded BPF object has no program %s", hook.prog())
 	}
-	err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
-		"netshape_cfg":   s.maps.NetshapeCfg,
-		"netshape_state": s.maps.NetshapeState,
-		"netshape_stats": s.maps.NetshapeStats,
-		"netshape_flows": s.maps.NetshapeFlows,
+	for name := range spec.Programs {
+		if name != hook.prog() {
+			delete(spec.Programs, name)
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+		"netshape_cfg":    s.maps.NetshapeCfg,
+		"netshape_state":  s.maps.NetshapeState,
+		"netshape_stats":  s.maps.NetshapeStats,
+		"netshape_flows":  s.maps.NetshapeFlows,
+		"netshape_pcfg":   s.maps.NetshapePcfg,
+		"netshape_pstate": s.maps.NetshapePstate,
+		"netshape_pstats": s.maps.NetshapePstats,
 	}})
 	if err != nil {
-		return nil, fmt.Errorf("load EDT program for budget %q: %w", budget, err)
+		return nil, fmt.Errorf("load %s program for budget %q: %w", ps.Name, budget, err)
 	}
-	s.progs[id] = objs.Prog
-	return objs.Prog, nil
+	prog := coll.DetachProgram(hook.prog())
+	coll.Close()
+	s.progs[k] = prog
+	return prog, nil
 }
 
 // ensureFq makes our fq the device's root qdisc. It reports whether it
@@ -255,19 +343,25 @@ func rootQdisc(ns *nsRef, l netlink.Link, dev Device) (netlink.Qdisc, error) {
 	return nil, nil
 }
 
+// linkPin is where a TCX link is pinned: one name per device and hook (the
+// shaping hook keeps the name it had before the policer existed).
 func (s *Shaper) linkPin(k devKey) string {
-	return filepath.Join(s.pinDir, "links", fmt.Sprintf("%d_%d", k.NetnsIno, k.Ifindex))
+	name := fmt.Sprintf("%d_%d", k.NetnsIno, k.Ifindex)
+	if k.Hook != HookShape {
+		name += "_" + k.Hook.String()
+	}
+	return filepath.Join(s.pinDir, "links", name)
 }
 
-// attachProg attaches (or swaps in) prog at the device's egress: TCX where the
+// attachProg attaches (or swaps in) prog at the device's hook: TCX where the
 // kernel has it, clsact + cls_bpf otherwise. Only "not supported" falls back.
 func (s *Shaper) attachProg(ns *nsRef, l netlink.Link, k devKey, prog *ebpf.Program, dev Device) (Mode, bool, error) {
 	pin := s.linkPin(k)
 	if old, err := link.LoadPinnedLink(pin, nil); err == nil {
 		defer old.Close()
-		if info, err := old.Info(); err == nil && info.TCX() != nil && info.TCX().Ifindex == k.Ifindex {
+		if info, err := old.Info(); err == nil && info.TCX() != nil && info.TCX().Ifindex == k.Ifindex && ebpf.AttachType(info.TCX().AttachType) == k.Hook.tcx() {
 			if err := old.Update(prog); err != nil {
-				return 0, false, fmt.Errorf("device %s: swap EDT program: %w", dev, err)
+				return 0, false, fmt.Errorf("device %s: swap %s program: %w", dev, k.Hook.prog(), err)
 			}
 			return ModeTCX, false, nil
 		}
@@ -275,14 +369,20 @@ func (s *Shaper) attachProg(ns *nsRef, l netlink.Link, k devKey, prog *ebpf.Prog
 		old.Unpin()
 	}
 
+	// The policer goes first at ingress, so no other program's redirect can
+	// carry a frame past the backstop; the shaper goes last at egress.
+	anchor := link.Tail()
+	if k.Hook == HookPolice {
+		anchor = link.Head()
+	}
 	var tcx link.Link
 	err := ns.do(func() error {
 		var err error
 		tcx, err = link.AttachTCX(link.TCXOptions{
 			Interface: int(k.Ifindex),
 			Program:   prog,
-			Attach:    ebpf.AttachTCXEgress,
-			Anchor:    link.Tail(),
+			Attach:    k.Hook.tcx(),
+			Anchor:    anchor,
 		})
 		return err
 	})
@@ -294,13 +394,13 @@ func (s *Shaper) attachProg(ns *nsRef, l netlink.Link, k devKey, prog *ebpf.Prog
 		return ModeTCX, false, nil
 	}
 	if !errors.Is(err, link.ErrNotSupported) {
-		return 0, false, fmt.Errorf("device %s: attach EDT program with TCX: %w", dev, err)
+		return 0, false, fmt.Errorf("device %s: attach %s program with TCX: %w", dev, k.Hook.prog(), err)
 	}
-	created, err := attachLegacy(ns, l, prog, dev)
+	created, err := attachLegacy(ns, l, prog, dev, k.Hook)
 	return ModeLegacy, created, err
 }
 
-func attachLegacy(ns *nsRef, l netlink.Link, prog *ebpf.Program, dev Device) (bool, error) {
+func attachLegacy(ns *nsRef, l netlink.Link, prog *ebpf.Program, dev Device, hook Hook) (bool, error) {
 	created := false
 	if err := ns.nl.QdiscAdd(clsact(l)); err == nil {
 		created = true
@@ -312,27 +412,28 @@ func attachLegacy(ns *nsRef, l netlink.Link, prog *ebpf.Program, dev Device) (bo
 			ns.nl.QdiscDel(clsact(l))
 		}
 	}
-	filters, err := ns.nl.FilterList(l, netlink.HANDLE_MIN_EGRESS)
+	filters, err := ns.nl.FilterList(l, hook.parent())
 	if err != nil {
 		undo()
-		return false, fmt.Errorf("device %s: list egress filters: %w", dev, err)
+		return false, fmt.Errorf("device %s: list %s filters: %w", dev, hook.side(), err)
 	}
 	for _, f := range filters {
 		if f.Attrs().Priority == legacyPrio && !isOurFilter(f) {
 			undo()
-			return false, fmt.Errorf("device %s: a foreign filter (%s) holds priority %d at egress", dev, f.Type(), legacyPrio)
+			return false, fmt.Errorf("device %s: a foreign filter (%s) holds priority %d at %s", dev, f.Type(), legacyPrio, hook.side())
 		}
 	}
+	// ETH_P_ALL: every ethertype goes through the program, which parses none.
 	f := &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{
 			LinkIndex: l.Attrs().Index,
-			Parent:    netlink.HANDLE_MIN_EGRESS,
+			Parent:    hook.parent(),
 			Handle:    1,
 			Protocol:  unix.ETH_P_ALL,
 			Priority:  legacyPrio,
 		},
 		Fd:           prog.FD(),
-		Name:         progName,
+		Name:         hook.prog(),
 		DirectAction: true,
 	}
 	if err := ns.nl.FilterReplace(f); err != nil {
@@ -353,15 +454,28 @@ func clsact(l netlink.Link) *netlink.GenericQdisc {
 	}
 }
 
+// isOurFilter: a cls_bpf filter of ours. Callers list filters at one hook's
+// side of clsact (each hook has its own), so the name prefix is enough.
 func isOurFilter(f netlink.Filter) bool {
 	bf, ok := f.(*netlink.BpfFilter)
-	return ok && strings.HasPrefix(bf.Name, progName)
+	return ok && strings.HasPrefix(bf.Name, ownPrefix)
 }
 
-// Detach removes our program and fq from dev: program first, so nothing is
-// stamped for an fq that is about to go. A device or namespace that no longer
-// exists has nothing left to detach; its record is pruned.
+// Detach removes everything of ours from dev: the shaping program and fq, and
+// the backstop policer.
 func (s *Shaper) Detach(dev Device) error {
+	for _, h := range hooks {
+		if err := s.DetachHook(dev, h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DetachHook removes one hook's attachment from dev. For HookShape: program
+// first, so nothing is stamped for an fq that is about to go. A device or
+// namespace that no longer exists has nothing left to detach; its record is pruned.
+func (s *Shaper) DetachHook(dev Device, hook Hook) error {
 	ns, err := openNetns(dev)
 	if errors.Is(err, ErrNoNetns) {
 		_, err := s.Prune()
@@ -379,7 +493,7 @@ func (s *Shaper) Detach(dev Device) error {
 	if err != nil {
 		return err
 	}
-	key := devKey{NetnsIno: ns.ino, Ifindex: uint32(l.Attrs().Index)}
+	key := devKey{NetnsIno: ns.ino, Ifindex: uint32(l.Attrs().Index), Hook: hook}
 	val, _, err := s.lookupDev(key)
 	if err != nil {
 		return err
@@ -387,13 +501,15 @@ func (s *Shaper) Detach(dev Device) error {
 	if err := s.detachProg(ns, l, key, val, dev); err != nil {
 		return err
 	}
-	root, err := rootQdisc(ns, l, dev)
-	if err != nil {
-		return err
-	}
-	if root != nil && isOurFq(root) {
-		if err := ns.nl.QdiscDel(root); err != nil && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("device %s: remove fq root qdisc: %w", dev, err)
+	if hook == HookShape {
+		root, err := rootQdisc(ns, l, dev)
+		if err != nil {
+			return err
+		}
+		if root != nil && isOurFq(root) {
+			if err := ns.nl.QdiscDel(root); err != nil && !errors.Is(err, unix.ENOENT) {
+				return fmt.Errorf("device %s: remove fq root qdisc: %w", dev, err)
+			}
 		}
 	}
 	if err := s.devs.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -416,13 +532,13 @@ func (s *Shaper) detachProg(ns *nsRef, l netlink.Link, k devKey, val devVal, dev
 		return fmt.Errorf("device %s: open pinned TCX link: %w", dev, err)
 	}
 
-	filters, err := ns.nl.FilterList(l, netlink.HANDLE_MIN_EGRESS)
+	filters, err := ns.nl.FilterList(l, k.Hook.parent())
 	if err != nil {
 		// No clsact means no legacy filter of ours.
 		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
 			return nil
 		}
-		return fmt.Errorf("device %s: list egress filters: %w", dev, err)
+		return fmt.Errorf("device %s: list %s filters: %w", dev, k.Hook.side(), err)
 	}
 	for _, f := range filters {
 		if isOurFilter(f) {
@@ -439,6 +555,29 @@ func (s *Shaper) detachProg(ns *nsRef, l netlink.Link, k devKey, val devVal, dev
 			if err := ns.nl.QdiscDel(clsact(l)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
 				return fmt.Errorf("device %s: remove clsact qdisc: %w", dev, err)
 			}
+		} else if err := s.handOverClsact(k); err != nil {
+			return fmt.Errorf("device %s: %w", dev, err)
+		}
+	}
+	return nil
+}
+
+// handOverClsact passes ownership of the clsact we added to our record of the
+// device's other hook, if any, so whichever of ours is detached last removes
+// it (the shaper and the policer can share one clsact on a host-side veth).
+func (s *Shaper) handOverClsact(k devKey) error {
+	for _, h := range hooks {
+		if h == k.Hook {
+			continue
+		}
+		sk := devKey{NetnsIno: k.NetnsIno, Ifindex: k.Ifindex, Hook: h}
+		v, ok, err := s.lookupDev(sk)
+		if err != nil || !ok || Mode(v.Mode) != ModeLegacy {
+			return err
+		}
+		v.Flags |= flagOwnClsact
+		if err := s.devs.Update(sk, v, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("hand the clsact qdisc over to the %s attachment: %w", h, err)
 		}
 	}
 	return nil

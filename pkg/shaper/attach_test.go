@@ -19,10 +19,11 @@ import (
 
 // devState is everything on a device that Attach/Detach may change.
 type devState struct {
-	rootKind    string
-	rootHandle  uint32
-	egressProgs []string // TCX programs and legacy filters at egress, by name
-	hasClsact   bool
+	rootKind     string
+	rootHandle   uint32
+	egressProgs  []string // TCX programs and legacy filters at egress, by name
+	ingressProgs []string // and at ingress
+	hasClsact    bool
 }
 
 func inspect(t *testing.T, dev Device) devState {
@@ -49,35 +50,44 @@ func inspect(t *testing.T, dev Device) devState {
 			st.hasClsact = true
 		}
 	}
-	if st.hasClsact {
-		fs, err := ns.nl.FilterList(l, netlink.HANDLE_MIN_EGRESS)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, f := range fs {
-			if bf, ok := f.(*netlink.BpfFilter); ok {
-				st.egressProgs = append(st.egressProgs, "tc:"+bf.Name)
-			}
-		}
-	}
-	ns.do(func() error {
-		res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: ebpf.AttachTCXEgress})
-		if err != nil {
-			return nil // no TCX on this kernel
-		}
-		for _, p := range res.Programs {
-			prog, err := ebpf.NewProgramFromID(p.ID)
+	for _, side := range []struct {
+		parent uint32
+		attach ebpf.AttachType
+		out    *[]string
+	}{
+		{netlink.HANDLE_MIN_EGRESS, ebpf.AttachTCXEgress, &st.egressProgs},
+		{netlink.HANDLE_MIN_INGRESS, ebpf.AttachTCXIngress, &st.ingressProgs},
+	} {
+		if st.hasClsact {
+			fs, err := ns.nl.FilterList(l, side.parent)
 			if err != nil {
-				t.Errorf("open attached program %d: %v", p.ID, err)
-				continue
+				t.Fatal(err)
 			}
-			info, _ := prog.Info()
-			st.egressProgs = append(st.egressProgs, "tcx:"+info.Name)
-			prog.Close()
+			for _, f := range fs {
+				if bf, ok := f.(*netlink.BpfFilter); ok {
+					*side.out = append(*side.out, "tc:"+bf.Name)
+				}
+			}
 		}
-		return nil
-	})
-	slices.Sort(st.egressProgs)
+		ns.do(func() error {
+			res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: side.attach})
+			if err != nil {
+				return nil // no TCX on this kernel
+			}
+			for _, p := range res.Programs {
+				prog, err := ebpf.NewProgramFromID(p.ID)
+				if err != nil {
+					t.Errorf("open attached program %d: %v", p.ID, err)
+					continue
+				}
+				info, _ := prog.Info()
+				*side.out = append(*side.out, "tcx:"+info.Name)
+				prog.Close()
+			}
+			return nil
+		})
+		slices.Sort(*side.out)
+	}
 	return st
 }
 
@@ -98,7 +108,7 @@ func assertClean(t *testing.T, s *Shaper, devs ...Device) {
 	t.Helper()
 	for _, d := range devs {
 		st := inspect(t, d)
-		if st.rootHandle != 0 || len(st.egressProgs) != 0 || st.hasClsact {
+		if st.rootHandle != 0 || len(st.egressProgs) != 0 || len(st.ingressProgs) != 0 || st.hasClsact {
 			t.Errorf("%s not back to its default: %+v", d, st)
 		}
 	}
@@ -184,7 +194,7 @@ func TestRootProgramAttachModes(t *testing.T) {
 		t.Fatal(err)
 	}
 	id, _, _ := s.lookupID("modes")
-	prog, err := s.program(id, "modes")
+	prog, err := s.program(id, "modes", HookShape)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +226,7 @@ func TestRootProgramAttachModes(t *testing.T) {
 
 	// Legacy explicitly (the path Debian 6.1 takes), with a foreign filter beside ours.
 	foreign := foreignFilter(t, ns, l)
-	created, err := attachLegacy(ns, l, prog, app)
+	created, err := attachLegacy(ns, l, prog, app, HookShape)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,6 +246,10 @@ func TestRootProgramAttachModes(t *testing.T) {
 
 // foreignFilter puts another tool's cls_bpf filter at egress (prio 10).
 func foreignFilter(t *testing.T, ns *nsRef, l netlink.Link) string {
+	return foreignFilterAt(t, ns, l, netlink.HANDLE_MIN_EGRESS)
+}
+
+func foreignFilterAt(t *testing.T, ns *nsRef, l netlink.Link, parent uint32) string {
 	t.Helper()
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type:         ebpf.SchedCLS,
@@ -251,7 +265,7 @@ func foreignFilter(t *testing.T, ns *nsRef, l netlink.Link) string {
 	}
 	const name = "operator_filter"
 	f := &netlink.BpfFilter{
-		FilterAttrs:  netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: netlink.HANDLE_MIN_EGRESS, Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 10},
+		FilterAttrs:  netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: parent, Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 10},
 		Fd:           prog.FD(),
 		Name:         name,
 		DirectAction: true,
@@ -374,5 +388,177 @@ func TestRootFqSwapBudgetAndPrune(t *testing.T) {
 	}
 	if p := pins(t, s); len(p) != 0 {
 		t.Fatalf("pins left after prune: %v", p)
+	}
+}
+
+// The backstop policer needs no fq, so its whole Attach/Detach path runs on
+// any kernel: TCX where the kernel has it (this host), at the host-side
+// device's ingress, recorded apart from the shaping hook of the same device.
+func TestRootPoliceAttachDetach(t *testing.T) {
+	s := openTestShaper(t)
+	app, host := testPair(t)
+	if err := s.UpsertBudget(Budget{Name: "app/egress", Rate: 20e6}); err != nil {
+		t.Fatal(err)
+	}
+	a, err := s.Attach(host, "app/egress", AttachOptions{Hook: HookPolice})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Hook != HookPolice || a.Budget != "app/egress" {
+		t.Fatalf("attachment %+v, want the policer of app/egress", a)
+	}
+	want := []string{"tcx:" + policeName}
+	if a.Mode == ModeLegacy {
+		want = []string{"tc:" + policeName}
+	}
+	st := inspect(t, host)
+	if !slices.Equal(st.ingressProgs, want) || len(st.egressProgs) != 0 || st.rootHandle != 0 {
+		t.Fatalf("after attach (%s): %+v, want only %v at ingress and no qdisc", a.Mode, st, want)
+	}
+	if a.Mode == ModeTCX {
+		if p := pins(t, s); len(p) != 1 || !strings.HasSuffix(p[0], "_police") {
+			t.Fatalf("pins %v, want one policer pin", p)
+		}
+	}
+	// Idempotent: the same attachment, nothing changed on the device.
+	pinsBefore := pins(t, s)
+	if a2, err := s.Attach(host, "app/egress", AttachOptions{Hook: HookPolice}); err != nil || a2 != a {
+		t.Fatalf("second attach: %+v %v, want %+v", a2, err, a)
+	}
+	if got := inspect(t, host); !slices.Equal(got.ingressProgs, want) || !slices.Equal(pins(t, s), pinsBefore) {
+		t.Fatalf("second attach changed the device: %+v", got)
+	}
+	atts, err := s.Attachments()
+	if err != nil || len(atts) != 1 || atts[0] != a {
+		t.Fatalf("attachments %+v %v, want just %+v", atts, err, a)
+	}
+	// Detaching the shaping hook leaves the policer alone.
+	if err := s.DetachHook(host, HookShape); err != nil {
+		t.Fatal(err)
+	}
+	if got := inspect(t, host); !slices.Equal(got.ingressProgs, want) {
+		t.Fatalf("DetachHook(shape) touched the policer: %+v", got)
+	}
+	// A second process removes the budget: the policer goes with it.
+	s2, err := Open(Options{PinDir: s.PinDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if err := s2.RemoveBudget("app/egress"); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, s, app, host)
+
+	// Unknown hooks are refused with nothing changed.
+	if err := s.UpsertBudget(Budget{Name: "app/egress", Rate: 20e6}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Attach(host, "app/egress", AttachOptions{Hook: 7}); err == nil {
+		t.Fatal("attach with hook 7: no error")
+	}
+	// Prune forgets a policer whose device is gone, pin included.
+	p := nettest.NewPair(t, nettest.NewNetns(t, "gone"), nil, 3)
+	peer := Device{Name: p.NameB}
+	if _, err := s.Attach(peer, "app/egress", AttachOptions{Hook: HookPolice}); err != nil {
+		t.Fatal(err)
+	}
+	nettest.Run(t, "ip", "link", "del", p.NameB)
+	pruned, err := s.Prune()
+	if err != nil || len(pruned) != 1 || pruned[0].Hook != HookPolice {
+		t.Fatalf("prune: %+v %v, want the policer", pruned, err)
+	}
+	if err := s.RemoveBudget("app/egress"); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, s, host)
+}
+
+// The legacy path (Debian 6.1) at ingress, next to a foreign filter, and a
+// clsact shared by the shaper and the policer of one host-side veth: whichever
+// of ours goes last removes the clsact we added, never one we did not.
+func TestRootPoliceLegacyAndSharedClsact(t *testing.T) {
+	s := openTestShaper(t)
+	_, host := testPair(t)
+	for _, n := range []string{"app/egress", "app/ingress"} {
+		if err := s.UpsertBudget(Budget{Name: n, Rate: 20e6}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eid, _, _ := s.lookupID("app/egress")
+	iid, _, _ := s.lookupID("app/ingress")
+	police, err := s.program(eid, "app/egress", HookPolice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shape, err := s.program(iid, "app/ingress", HookShape)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := openNetns(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.close()
+	l, _ := ns.link(host)
+	key := func(h Hook) devKey { return devKey{NetnsIno: ns.ino, Ifindex: uint32(l.Attrs().Index), Hook: h} }
+	record := func(h Hook, id uint32, own bool) devVal {
+		v := devVal{Budget: id, Mode: uint8(ModeLegacy)}
+		if own {
+			v.Flags = flagOwnClsact
+		}
+		v.setDevice(host)
+		if err := s.devs.Update(key(h), v, ebpf.UpdateAny); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+
+	// Shaper first: it creates the clsact; the policer finds it there.
+	created, err := attachLegacy(ns, l, shape, host, HookShape)
+	if err != nil || !created {
+		t.Fatalf("legacy shaper: created %v, %v", created, err)
+	}
+	shapeVal := record(HookShape, iid, true)
+	created, err = attachLegacy(ns, l, police, host, HookPolice)
+	if err != nil || created {
+		t.Fatalf("legacy policer: created %v, %v; want it to find the clsact", created, err)
+	}
+	record(HookPolice, eid, false)
+	if st := inspect(t, host); !slices.Equal(st.egressProgs, []string{"tc:" + progName}) || !slices.Equal(st.ingressProgs, []string{"tc:" + policeName}) {
+		t.Fatalf("both hooks attached: %+v", st)
+	}
+	// The shaper goes first: the clsact stays for the policer, which now owns it.
+	if err := s.detachProg(ns, l, key(HookShape), shapeVal, host); err != nil {
+		t.Fatal(err)
+	}
+	s.devs.Delete(key(HookShape))
+	if st := inspect(t, host); !st.hasClsact || !slices.Equal(st.ingressProgs, []string{"tc:" + policeName}) || len(st.egressProgs) != 0 {
+		t.Fatalf("after detaching the shaper: %+v, want the policer and its clsact", st)
+	}
+	pv, ok, err := s.lookupDev(key(HookPolice))
+	if err != nil || !ok || pv.Flags&flagOwnClsact == 0 {
+		t.Fatalf("policer record %+v %v %v, want it to own the clsact now", pv, ok, err)
+	}
+	if err := s.DetachHook(host, HookPolice); err != nil {
+		t.Fatal(err)
+	}
+	if st := inspect(t, host); st.hasClsact || len(st.ingressProgs) != 0 {
+		t.Fatalf("after detaching both: %+v, want no clsact", st)
+	}
+
+	// Beside a foreign ingress filter: ours goes, theirs and their clsact stay.
+	foreign := foreignFilterAt(t, ns, l, netlink.HANDLE_MIN_INGRESS)
+	if created, err := attachLegacy(ns, l, police, host, HookPolice); err != nil || created {
+		t.Fatalf("legacy policer beside a foreign filter: created %v, %v", created, err)
+	}
+	if st := inspect(t, host); !slices.Equal(st.ingressProgs, []string{"tc:" + policeName, "tc:" + foreign}) {
+		t.Fatalf("legacy policer beside a foreign filter: %+v", st)
+	}
+	if err := s.DetachHook(host, HookPolice); err != nil {
+		t.Fatal(err)
+	}
+	if st := inspect(t, host); !slices.Equal(st.ingressProgs, []string{"tc:" + foreign}) || !st.hasClsact {
+		t.Fatalf("detach removed more than ours: %+v", st)
 	}
 }

@@ -19,7 +19,7 @@ func BenchmarkEDTPacket(b *testing.B) {
 				b.Fatal(err)
 			}
 			id, _, _ := s.lookupID("bench")
-			prog, err := s.program(id, "bench")
+			prog, err := s.program(id, "bench", HookShape)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -29,6 +29,20 @@ const (
 	// expressBytes is the largest packet that may jump the queue as part of a
 	// sparse flow: two frames, enough for a request or an ACK, never a bulk GSO burst.
 	expressBytes = 2 * wireMTU
+
+	// PoliceJitter is what the backstop policer allows on top of how far EDT
+	// may legitimately run ahead (express, 2x the horizon): delivery from the
+	// container-side veth to the host side's ingress hook goes through a
+	// softirq backlog that bunches frames up, a few hundred ms under
+	// emulation. A paced stream must never be dropped for it.
+	PoliceJitter = 250 * time.Millisecond
+
+	// minSegHeader is what the policer charges per further segment of a GSO
+	// packet (MIN_SEG_HEADER in bpf/edt.c): Ethernet + IPv4 + TCP.
+	minSegHeader = 54
+
+	// maxGSO is the largest packet a socket hands the stack (64 KiB).
+	maxGSO = 64 << 10
 )
 
 // Budget is one rate shared by every device attached to it.
@@ -54,6 +68,13 @@ type Budget struct {
 // Stats are a budget's counters since it was created, summed over CPUs.
 type Stats struct {
 	Bytes, Packets, Delayed, Dropped, Marked, Express uint64
+	// Bypassed counts frames the backstop policer on the host-side veth
+	// dropped: they reached the host faster than the budget allows, i.e.
+	// they skipped the EDT program (PACKET_QDISC_BYPASS). Zero for paced traffic.
+	Bypassed uint64
+	// Credited counts frames the policer passed on the one-off allowance of
+	// a live rate decrease (EDT had stamped them at the old rate).
+	Credited uint64
 }
 
 // BudgetStatus is a budget as it is in the kernel right now.
@@ -92,6 +113,15 @@ func (b Budget) validate() error {
 		return fmt.Errorf("%w %q: negative horizon %s", ErrBadBudget, b.Name, b.Horizon)
 	}
 	return nil
+}
+
+// PoliceTolerance is how far the backstop policer lets a budget's traffic run
+// ahead of its clock: the furthest EDT itself lets packets leave early (express
+// up to twice the horizon; bulk packets leave at their slot) plus PoliceJitter.
+// Over any window w at most rate*(w + tolerance) plus one frame gets past it.
+func (b Budget) PoliceTolerance() time.Duration {
+	c := b.cfg()
+	return time.Duration(max(c.ExpressNs, c.HorizonNs)) + PoliceJitter
 }
 
 func (b Budget) cfg() edtBudgetCfg {
@@ -140,11 +170,72 @@ func (s *Shaper) UpsertBudget(b Budget) error {
 	if err := s.maps.NetshapeStats.Update(id, make([]edtBudgetStats, ncpu), ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 		return fmt.Errorf("create counters of budget %q: %w", b.Name, err)
 	}
+	if err := s.maps.NetshapePstate.Update(id, edtPoliceState{}, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		return fmt.Errorf("create policer state of budget %q: %w", b.Name, err)
+	}
+	if err := s.maps.NetshapePstats.Update(id, make([]edtPoliceStats, ncpu), ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		return fmt.Errorf("create policer counters of budget %q: %w", b.Name, err)
+	}
 	cfg := b.cfg()
+	// The policer's config before the rate: a decrease must come with its
+	// credit already in place when the first packet sees the lower rate.
+	pcfg, err := s.policeCfg(id, b)
+	if err != nil {
+		return err
+	}
+	if err := s.maps.NetshapePcfg.Update(id, pcfg, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write policer config of budget %q: %w", b.Name, err)
+	}
 	if err := s.maps.NetshapeCfg.Update(id, cfg, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write config of budget %q: %w", b.Name, err)
 	}
 	return nil
+}
+
+// policeCfg is the policer config for b. When b lets through less than the
+// budget's current config (a lower rate or a shorter tolerance), packets EDT
+// already stamped at the old rate are still on their way: the policer gets a
+// one-off credit of what the old config could have had ahead of its clock
+// (plus one GSO packet), usable while those packets drain (twice the old
+// tolerance). The policer spends it before charging its clock, so the old
+// bytes do not eat the new rate's tolerance. Without it a live decrease from
+// 100 to 1 Mbit/s would drop them as bypassed; the most it lets through
+// beyond the new rate is the credit, once.
+func (s *Shaper) policeCfg(id uint32, b Budget) (edtPoliceCfg, error) {
+	newTol := b.PoliceTolerance()
+	pc := edtPoliceCfg{TolNs: uint64(newTol)}
+	var old edtBudgetCfg
+	if err := s.maps.NetshapeCfg.Lookup(id, &old); errors.Is(err, ebpf.ErrKeyNotExist) {
+		return pc, nil
+	} else if err != nil {
+		return pc, fmt.Errorf("read config of budget %q: %w", b.Name, err)
+	}
+	var prev edtPoliceCfg
+	if err := s.maps.NetshapePcfg.Lookup(id, &prev); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return pc, fmt.Errorf("read policer config of budget %q: %w", b.Name, err)
+	}
+	pc.CreditBytes, pc.CreditUntil, pc.CreditSeq = prev.CreditBytes, prev.CreditUntil, prev.CreditSeq
+	oldTol := time.Duration(prev.TolNs)
+	if oldTol == 0 { // a budget made before the policer existed
+		oldTol = Budget{Rate: old.RateBps, Horizon: time.Duration(old.HorizonNs)}.PoliceTolerance()
+	}
+	if b.Rate >= old.RateBps && newTol >= oldTol {
+		return pc, nil // nothing in flight can outrun the new config
+	}
+	now := monotonicNow()
+	credit := bytesIn(old.RateBps, oldTol) + maxGSO
+	if prev.CreditUntil > now { // an earlier grant still draining: keep it
+		credit += prev.CreditBytes
+	}
+	pc.CreditBytes = credit
+	pc.CreditUntil = max(now+2*uint64(oldTol), prev.CreditUntil)
+	pc.CreditSeq = prev.CreditSeq + 1
+	return pc, nil
+}
+
+// bytesIn is what rate bits/s carries in d.
+func bytesIn(rate uint64, d time.Duration) uint64 {
+	return uint64(float64(rate) / 8 * d.Seconds())
 }
 
 // RemoveBudget detaches every device attached to the budget, then deletes it.
@@ -160,13 +251,14 @@ func (s *Shaper) RemoveBudget(name string) error {
 	}
 	for _, a := range atts {
 		if a.BudgetID == id {
-			if err := s.Detach(a.Device); err != nil {
+			if err := s.DetachHook(a.Device, a.Hook); err != nil {
 				return fmt.Errorf("remove budget %q: %w", name, err)
 			}
 		}
 	}
 	// Config first: from here on the datapath passes packets unshaped.
-	for _, m := range []*ebpf.Map{s.maps.NetshapeCfg, s.maps.NetshapeState, s.maps.NetshapeStats, s.names} {
+	for _, m := range []*ebpf.Map{s.maps.NetshapeCfg, s.maps.NetshapePcfg, s.maps.NetshapeState, s.maps.NetshapeStats,
+		s.maps.NetshapePstate, s.maps.NetshapePstats, s.names} {
 		if err := m.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("remove budget %q from %s: %w", name, m, err)
 		}
@@ -175,9 +267,12 @@ func (s *Shaper) RemoveBudget(name string) error {
 		return fmt.Errorf("remove budget %q: %w", name, err)
 	}
 	s.mu.Lock()
-	if p := s.progs[id]; p != nil {
-		p.Close()
-		delete(s.progs, id)
+	for _, h := range hooks {
+		k := progKey{id, h}
+		if p := s.progs[k]; p != nil {
+			p.Close()
+			delete(s.progs, k)
+		}
 	}
 	s.mu.Unlock()
 	return nil
@@ -268,6 +363,16 @@ func (s *Shaper) status(id uint32, name string) (BudgetStatus, error) {
 		st.Stats.Dropped += c.Dropped
 		st.Stats.Marked += c.Marked
 		st.Stats.Express += c.Express
+	}
+	// A budget made before the policer existed has no policer counters
+	// until its next upsert: zero, not an error.
+	var police []edtPoliceStats
+	if err := s.maps.NetshapePstats.Lookup(id, &police); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return BudgetStatus{}, fmt.Errorf("read policer counters of budget %q: %w", name, err)
+	}
+	for _, c := range police {
+		st.Stats.Bypassed += c.Bypassed
+		st.Stats.Credited += c.Credited
 	}
 	return st, nil
 }

@@ -49,16 +49,48 @@ type edtFlowKey struct {
 	Hash   uint32
 }
 
+type edtPoliceCfg struct {
+	_           structs.HostLayout
+	TolNs       uint64
+	CreditBytes uint64
+	CreditUntil uint64
+	CreditSeq   uint64
+}
+
+type edtPoliceState struct {
+	_    structs.HostLayout
+	Lock struct {
+		_   structs.HostLayout
+		Val uint32
+	}
+	Pad        uint32
+	Tat        uint64
+	CreditLeft uint64
+	CreditSeq  uint64
+}
+
+type edtPoliceStats struct {
+	_        structs.HostLayout
+	Bytes    uint64
+	Packets  uint64
+	Bypassed uint64
+	Credited uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	edtMapNetshapeCfg   = "netshape_cfg"
-	edtMapNetshapeFlows = "netshape_flows"
-	edtMapNetshapeState = "netshape_state"
-	edtMapNetshapeStats = "netshape_stats"
-	edtProgNetshapeEdt  = "netshape_edt"
-	edtVarBudgetId      = "budget_id"
+	edtMapNetshapeCfg     = "netshape_cfg"
+	edtMapNetshapeFlows   = "netshape_flows"
+	edtMapNetshapePcfg    = "netshape_pcfg"
+	edtMapNetshapePstate  = "netshape_pstate"
+	edtMapNetshapePstats  = "netshape_pstats"
+	edtMapNetshapeState   = "netshape_state"
+	edtMapNetshapeStats   = "netshape_stats"
+	edtProgNetshapeEdt    = "netshape_edt"
+	edtProgNetshapePolice = "netshape_police"
+	edtVarBudgetId        = "budget_id"
 )
 
 // loadEdt returns the embedded CollectionSpec for edt.
@@ -103,17 +135,21 @@ type edtSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type edtProgramSpecs struct {
-	NetshapeEdt *ebpf.ProgramSpec `ebpf:"netshape_edt"`
+	NetshapeEdt    *ebpf.ProgramSpec `ebpf:"netshape_edt"`
+	NetshapePolice *ebpf.ProgramSpec `ebpf:"netshape_police"`
 }
 
 // edtMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type edtMapSpecs struct {
-	NetshapeCfg   *ebpf.MapSpec `ebpf:"netshape_cfg"`
-	NetshapeFlows *ebpf.MapSpec `ebpf:"netshape_flows"`
-	NetshapeState *ebpf.MapSpec `ebpf:"netshape_state"`
-	NetshapeStats *ebpf.MapSpec `ebpf:"netshape_stats"`
+	NetshapeCfg    *ebpf.MapSpec `ebpf:"netshape_cfg"`
+	NetshapeFlows  *ebpf.MapSpec `ebpf:"netshape_flows"`
+	NetshapePcfg   *ebpf.MapSpec `ebpf:"netshape_pcfg"`
+	NetshapePstate *ebpf.MapSpec `ebpf:"netshape_pstate"`
+	NetshapePstats *ebpf.MapSpec `ebpf:"netshape_pstats"`
+	NetshapeState  *ebpf.MapSpec `ebpf:"netshape_state"`
+	NetshapeStats  *ebpf.MapSpec `ebpf:"netshape_stats"`
 }
 
 // edtVariableSpecs contains global variables before they are loaded into the kernel.
@@ -143,16 +179,22 @@ func (o *edtObjects) Close() error {
 //
 // It can be passed to loadEdtObjects or ebpf.CollectionSpec.LoadAndAssign.
 type edtMaps struct {
-	NetshapeCfg   *ebpf.Map `ebpf:"netshape_cfg"`
-	NetshapeFlows *ebpf.Map `ebpf:"netshape_flows"`
-	NetshapeState *ebpf.Map `ebpf:"netshape_state"`
-	NetshapeStats *ebpf.Map `ebpf:"netshape_stats"`
+	NetshapeCfg    *ebpf.Map `ebpf:"netshape_cfg"`
+	NetshapeFlows  *ebpf.Map `ebpf:"netshape_flows"`
+	NetshapePcfg   *ebpf.Map `ebpf:"netshape_pcfg"`
+	NetshapePstate *ebpf.Map `ebpf:"netshape_pstate"`
+	NetshapePstats *ebpf.Map `ebpf:"netshape_pstats"`
+	NetshapeState  *ebpf.Map `ebpf:"netshape_state"`
+	NetshapeStats  *ebpf.Map `ebpf:"netshape_stats"`
 }
 
 func (m *edtMaps) Close() error {
 	return _EdtClose(
 		m.NetshapeCfg,
 		m.NetshapeFlows,
+		m.NetshapePcfg,
+		m.NetshapePstate,
+		m.NetshapePstats,
 		m.NetshapeState,
 		m.NetshapeStats,
 	)
@@ -169,12 +211,14 @@ type edtVariables struct {
 //
 // It can be passed to loadEdtObjects or ebpf.CollectionSpec.LoadAndAssign.
 type edtPrograms struct {
-	NetshapeEdt *ebpf.Program `ebpf:"netshape_edt"`
+	NetshapeEdt    *ebpf.Program `ebpf:"netshape_edt"`
+	NetshapePolice *ebpf.Program `ebpf:"netshape_police"`
 }
 
 func (p *edtPrograms) Close() error {
 	return _EdtClose(
 		p.NetshapeEdt,
+		p.NetshapePolice,
 	)
 }
 

@@ -22,10 +22,12 @@ const (
 	maxDevices    = 16384
 )
 
+// Hook is the field that was padding before the policer existed: records
+// written then read back as HookShape, which is what they are.
 type devKey struct {
 	NetnsIno uint64
 	Ifindex  uint32
-	_        uint32
+	Hook     Hook
 }
 
 type devVal struct {
@@ -86,6 +88,7 @@ func (s *Shaper) Attachments() ([]Attachment, error) {
 			Budget:   names[v.Budget],
 			BudgetID: v.Budget,
 			Mode:     Mode(v.Mode),
+			Hook:     k.Hook,
 			NetnsIno: k.NetnsIno,
 			Ifindex:  int(k.Ifindex),
 		})
@@ -109,7 +112,7 @@ func (s *Shaper) Prune() ([]Attachment, error) {
 		if s.alive(a) {
 			continue
 		}
-		k := devKey{NetnsIno: a.NetnsIno, Ifindex: uint32(a.Ifindex)}
+		k := devKey{NetnsIno: a.NetnsIno, Ifindex: uint32(a.Ifindex), Hook: a.Hook}
 		if l, err := link.LoadPinnedLink(s.linkPin(k), nil); err == nil {
 			l.Unpin()
 			l.Close()

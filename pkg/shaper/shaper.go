@@ -1,10 +1,11 @@
 // Package shaper enforces bandwidth budgets on network devices with an eBPF
 // earliest-departure-time (EDT) program at tc egress and an fq root qdisc that
-// holds each packet until its departure time.
+// holds each packet until its departure time, and police app egress a second
+// time with a backstop policer at tc ingress of the host-side veth.
 //
 // The shaper knows devices and budgets, nothing about Docker or Dokku. Every
 // object it creates is owned by name: pins under one bpffs directory, programs
-// and legacy filters named "netshape_edt", fq root qdiscs with handle 4e53:.
+// and legacy filters named "netshape_edt" and "netshape_police", fq root qdiscs with handle 4e53:.
 // Anything else on a device is left alone.
 package shaper
 
@@ -50,7 +51,12 @@ type Shaper struct {
 	devs   *ebpf.Map // device (netns inode, ifindex) -> attachment
 
 	mu    sync.Mutex
-	progs map[uint32]*ebpf.Program // one loaded program per budget id
+	progs map[progKey]*ebpf.Program // one loaded program per budget id and hook
+}
+
+type progKey struct {
+	id   uint32
+	hook Hook
 }
 
 // Open mounts bpffs if needed and loads (or re-opens) the pinned maps.
@@ -70,7 +76,7 @@ func Open(opts Options) (*Shaper, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse embedded BPF object: %w", err)
 	}
-	s := &Shaper{pinDir: dir, spec: spec, progs: map[uint32]*ebpf.Program{}}
+	s := &Shaper{pinDir: dir, spec: spec, progs: map[progKey]*ebpf.Program{}}
 	pin := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}}
 	if err := spec.LoadAndAssign(&s.maps, pin); err != nil {
 		return nil, fmt.Errorf("load pinned budget maps in %s: %w", dir, err)
@@ -93,9 +99,9 @@ func (s *Shaper) PinDir() string { return s.pinDir }
 // limits they enforce stay in force.
 func (s *Shaper) Close() error {
 	s.mu.Lock()
-	for id, p := range s.progs {
+	for k, p := range s.progs {
 		p.Close()
-		delete(s.progs, id)
+		delete(s.progs, k)
 	}
 	s.mu.Unlock()
 	for _, m := range []*ebpf.Map{s.names, s.devs} {

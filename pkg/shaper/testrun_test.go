@@ -114,7 +114,7 @@ func newTestBudget(t *testing.T, s *Shaper, b Budget) *testBudget {
 	if err != nil || !found {
 		t.Fatalf("budget %q not found after upsert: %v", b.Name, err)
 	}
-	prog, err := s.program(id, b.Name)
+	prog, err := s.program(id, b.Name, HookShape)
 	if err != nil {
 		t.Fatal(err)
 	}

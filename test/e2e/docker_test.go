@@ -5,7 +5,6 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -178,20 +177,13 @@ func TestVMDockerDokkuAppLimits(t *testing.T) {
 // shaped devices.
 func checkReport(t *testing.T, ctx context.Context, env []string, bs []box) {
 	t.Helper()
-	out, err := netshape(ctx, env, netshapeBin, "report", app, "--format", "json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep map[string]string
-	if err := json.Unmarshal([]byte(out), &rep); err != nil {
-		t.Fatalf("report is not JSON: %v\n%s", err, out)
-	}
+	rep := readReport(t, ctx, env).fields
 	if rep["netshape-egress"] != rate.Rate(egressBps).String() || rep["netshape-ingress"] != rate.Rate(ingressBps).String() {
 		t.Errorf("report limits egress %q ingress %q, want 20mbit / 50mbit", rep["netshape-egress"], rep["netshape-ingress"])
 	}
 	shaped := rep["netshape-shaped"]
 	for _, b := range bs {
-		for _, dir := range []string{"egress", "ingress"} {
+		for _, dir := range []string{"egress", "ingress", "egress backstop"} {
 			if want := b.Name + "/eth0 " + dir; !strings.Contains(shaped, want) {
 				t.Errorf("report shaped %q lacks %q", shaped, want)
 			}
@@ -298,6 +290,7 @@ func measureEgress(t *testing.T, ctx context.Context, d *guestdocker.Daemon, bs 
 		wg.Wait()
 		return rates, err
 	})
+	assertNoBypass(t, ctx, "egress "+phase)
 }
 
 // measureIngress: one sender in the guest's root netns to each container's sink; the
@@ -405,6 +398,7 @@ func liveChange(t *testing.T, ctx context.Context, d *guestdocker.Daemon, env []
 			}
 		}
 		low, high := liveChangeOnce(t, ctx, d, env, f, b, mtu, attempt)
+		assertNoBypass(t, ctx, "live change")
 		if high || !low || attempt == 2 {
 			if low {
 				t.Errorf("live change: a rate below its bounds, twice")

@@ -193,8 +193,8 @@ func netshape(ctx context.Context, env []string, argv0 string, args ...string) (
 }
 
 // checkShaped verifies, from the pinned state the CLI left in pinDir, that every box's eth0
-// enforces the app's egress budget and its host peer the ingress budget — one budget per
-// direction for all of them — and that the devices carry fq as root qdisc.
+// enforces the app's egress budget and its host peer the ingress budget and the egress budget's
+// backstop — one budget per direction for all of them — and that the devices carry fq as root qdisc.
 func checkShaped(pinDir, app string, boxes []box) error {
 	s, err := shaper.Open(shaper.Options{PinDir: pinDir})
 	if err != nil {
@@ -211,24 +211,28 @@ func checkShaped(pinDir, app string, boxes []box) error {
 	}
 	egress, ingress := app+"/_default_/egress", app+"/_default_/ingress"
 	type key struct {
-		ino uint64
-		idx int
+		ino  uint64
+		idx  int
+		hook shaper.Hook
 	}
 	byDev := map[key]string{}
 	perBudget := map[string]int{}
 	for _, a := range atts {
 		if strings.HasPrefix(a.Budget, app+"/") {
-			byDev[key{a.NetnsIno, a.Ifindex}] = a.Budget
-			perBudget[a.Budget]++
+			byDev[key{a.NetnsIno, a.Ifindex, a.Hook}] = a.Budget
+			perBudget[a.Budget+" "+a.Hook.String()]++
 		}
 	}
 	var errs []error
 	for _, b := range boxes {
-		if got := byDev[key{b.NetnsIno, b.Pair.ContainerIf.Index}]; got != egress {
+		if got := byDev[key{b.NetnsIno, b.Pair.ContainerIf.Index, shaper.HookShape}]; got != egress {
 			errs = append(errs, fmt.Errorf("%s eth0: budget %q, want %q", b.Name, got, egress))
 		}
-		if got := byDev[key{hostIno, b.Pair.HostIf.Index}]; got != ingress {
+		if got := byDev[key{hostIno, b.Pair.HostIf.Index, shaper.HookShape}]; got != ingress {
 			errs = append(errs, fmt.Errorf("%s host peer %s: budget %q, want %q", b.Name, b.Pair.HostIf.Name, got, ingress))
+		}
+		if got := byDev[key{hostIno, b.Pair.HostIf.Index, shaper.HookPolice}]; got != egress {
+			errs = append(errs, fmt.Errorf("%s host peer %s: backstop of budget %q, want %q", b.Name, b.Pair.HostIf.Name, got, egress))
 		}
 		if err := rootFq("nsenter", "--net="+veth.PidNetns(b.Pid), "tc", "qdisc", "show", "dev", "eth0", "root"); err != nil {
 			errs = append(errs, fmt.Errorf("%s eth0: %w", b.Name, err))
@@ -239,8 +243,8 @@ func checkShaped(pinDir, app string, boxes []box) error {
 	}
 	// Exactly the live devices: no second budget per direction, no stale attachment left on a
 	// veth that is gone.
-	if len(perBudget) != 2 || perBudget[egress] != len(boxes) || perBudget[ingress] != len(boxes) {
-		errs = append(errs, fmt.Errorf("attachments per budget %v, want %d on each of %s and %s", perBudget, len(boxes), egress, ingress))
+	if len(perBudget) != 3 || perBudget[egress+" shape"] != len(boxes) || perBudget[ingress+" shape"] != len(boxes) || perBudget[egress+" police"] != len(boxes) {
+		errs = append(errs, fmt.Errorf("attachments per budget %v, want %d on each of %s, its backstop and %s", perBudget, len(boxes), egress, ingress))
 	}
 	return errors.Join(errs...)
 }
@@ -361,6 +365,48 @@ func mbit(x float64) float64 { return float64(int64(x/1e4+0.5)) / 100 }
 func lastLine(s string) string {
 	s = strings.TrimSpace(s)
 	return s[strings.LastIndex(s, "\n")+1:]
+}
+
+// reportJSON is `report APP --format json`: text fields and the bypassed numbers.
+type reportJSON struct {
+	fields   map[string]string
+	bypassed map[string]uint64
+}
+
+func readReport(t *testing.T, ctx context.Context, env []string) reportJSON {
+	t.Helper()
+	out, err := netshape(ctx, env, netshapeBin, "report", app, "--format", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(out), &raw); err != nil {
+		t.Fatalf("report is not JSON: %v\n%s", err, out)
+	}
+	rep := reportJSON{fields: map[string]string{}}
+	for k, v := range raw {
+		if k == "netshape-bypassed" {
+			if err := json.Unmarshal(v, &rep.bypassed); err != nil {
+				t.Fatalf("report netshape-bypassed %s: %v", v, err)
+			}
+			continue
+		}
+		var s string
+		if err := json.Unmarshal(v, &s); err != nil {
+			t.Fatalf("report %s = %s: not a string: %v", k, v, err)
+		}
+		rep.fields[k] = s
+	}
+	return rep
+}
+
+// assertNoBypass: the app's own TCP, paced at its eth0, never trips the host-side backstop.
+func assertNoBypass(t *testing.T, ctx context.Context, phase string) {
+	t.Helper()
+	n, ok := readReport(t, ctx, counterEnv).bypassed["_default_/egress"]
+	if !ok || n != 0 {
+		t.Errorf("%s: report bypassed _default_/egress = %d (present %v), want 0: the backstop dropped paced TCP", phase, n, ok)
+	}
 }
 
 // counterEnv is the environment the CLI runs with, for logCounters.

@@ -106,6 +106,36 @@ func (a *app) device(d Direction) shaper.Device {
 	return shaper.Device{Name: a.hostDev}
 }
 
+// backstop is the host-side device where the app's egress is policed a second time (the
+// container cannot reach it), as reconcile attaches it next to every app-egress shaper.
+func (a *app) backstop() shaper.Device { return shaper.Device{Name: a.hostDev} }
+
+// attachBackstop attaches budget's policer at the app's host-side veth ingress, in the mode the
+// kernel has (TCX from 6.6, clsact + cls_bpf before).
+func attachBackstop(t *testing.T, s *shaper.Shaper, a *app, budget string) {
+	t.Helper()
+	at, err := s.Attach(a.backstop(), budget, shaper.AttachOptions{Hook: shaper.HookPolice})
+	if err != nil {
+		t.Fatalf("attach backstop of %s on %s: %v", budget, a.hostDev, err)
+	}
+	want := shaper.ModeLegacy
+	if kernelAtLeast(6, 6) {
+		want = shaper.ModeTCX
+	}
+	if at.Mode != want || at.Hook != shaper.HookPolice {
+		t.Errorf("backstop on %s: mode %s hook %s on kernel %s, want %s police", a.hostDev, at.Mode, at.Hook, vmresult.Kernel(), want)
+	}
+}
+
+// assertNoBypass: TCP paced by the EDT program never trips the backstop; any frame it dropped
+// would be a false positive (a lost segment of a well-behaved sender).
+func assertNoBypass(t *testing.T, s *shaper.Shaper, budget string) {
+	t.Helper()
+	if st := stats(t, s, budget); st.Bypassed != 0 || st.Credited != 0 {
+		t.Errorf("budget %s: the backstop dropped %d and credited %d frames of paced TCP, want 0", budget, st.Bypassed, st.Credited)
+	}
+}
+
 // ends returns the sender's netns and the receiver's netns and IP for traffic of app a in direction d.
 func (w *world) ends(a *app, d Direction) (sender *nettest.Netns, receiver *nettest.Netns, receiverIP string) {
 	if d == Egress {
@@ -185,12 +215,13 @@ func stats(t *testing.T, s *shaper.Shaper, name string) shaper.Stats {
 
 func statsDelta(a, b shaper.Stats) shaper.Stats {
 	return shaper.Stats{Bytes: b.Bytes - a.Bytes, Packets: b.Packets - a.Packets, Delayed: b.Delayed - a.Delayed,
-		Dropped: b.Dropped - a.Dropped, Marked: b.Marked - a.Marked, Express: b.Express - a.Express}
+		Dropped: b.Dropped - a.Dropped, Marked: b.Marked - a.Marked, Express: b.Express - a.Express,
+		Bypassed: b.Bypassed - a.Bypassed, Credited: b.Credited - a.Credited}
 }
 
 func statsFields(st shaper.Stats) map[string]any {
 	return map[string]any{"packets": st.Packets, "delayed": st.Delayed, "dropped": st.Dropped,
-		"marked": st.Marked, "express": st.Express, "shaper_bytes": st.Bytes}
+		"marked": st.Marked, "express": st.Express, "shaper_bytes": st.Bytes, "bypassed": st.Bypassed}
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -200,8 +231,8 @@ func statsFields(st shaper.Stats) map[string]any {
 type devState struct {
 	rootQdisc string
 	clsact    bool
-	filters   []string // cls_bpf filters at egress, by name
-	tcxProgs  int
+	filters   []string // cls_bpf filters at egress and ingress, by name
+	tcxProgs  int      // TCX programs at egress and ingress
 }
 
 func inspectDev(t *testing.T, d shaper.Device) devState {
@@ -231,16 +262,18 @@ func inspectDev(t *testing.T, d shaper.Device) devState {
 		if !st.clsact {
 			return nil
 		}
-		fs, err := h.FilterList(l, netlink.HANDLE_MIN_EGRESS)
-		if err != nil {
-			return err
-		}
-		for _, f := range fs {
-			name := f.Type()
-			if bf, ok := f.(*netlink.BpfFilter); ok {
-				name = bf.Name
+		for _, parent := range []uint32{netlink.HANDLE_MIN_EGRESS, netlink.HANDLE_MIN_INGRESS} {
+			fs, err := h.FilterList(l, parent)
+			if err != nil {
+				return err
 			}
-			st.filters = append(st.filters, name)
+			for _, f := range fs {
+				name := f.Type()
+				if bf, ok := f.(*netlink.BpfFilter); ok {
+					name = bf.Name
+				}
+				st.filters = append(st.filters, name)
+			}
 		}
 		return nil
 	})
@@ -250,11 +283,13 @@ func inspectDev(t *testing.T, d shaper.Device) devState {
 			if err != nil {
 				return err
 			}
-			res, err := link.QueryPrograms(link.QueryOptions{Target: ifc.Index, Attach: ebpf.AttachTCXEgress})
-			if err != nil {
-				return err
+			for _, at := range []ebpf.AttachType{ebpf.AttachTCXEgress, ebpf.AttachTCXIngress} {
+				res, err := link.QueryPrograms(link.QueryOptions{Target: ifc.Index, Attach: at})
+				if err != nil {
+					return err
+				}
+				st.tcxProgs += len(res.Programs)
 			}
-			st.tcxProgs = len(res.Programs)
 			return nil
 		}
 		var err error

@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -38,6 +39,9 @@ func TestVMLiveRateChange(t *testing.T) {
 			name := "live/" + string(d)
 			upsert(t, s, shaper.Budget{Name: name, Rate: from})
 			attach(t, s, a.device(d), name)
+			if d == Egress {
+				attachBackstop(t, s, a, name)
+			}
 			snd, rcv, rip := w.ends(a, d)
 			sink := newSink(t, rcv, rip)
 			total := warmup + phase + settle + phase + 3*time.Second
@@ -83,7 +87,7 @@ func TestVMLiveRateChange(t *testing.T) {
 			how := "Detach"
 			tr := time.Now()
 			if d == Egress {
-				err = s.Detach(a.device(d))
+				err = errors.Join(s.Detach(a.device(d)), s.Detach(a.backstop()))
 			} else {
 				how = "RemoveBudget"
 				err = s.RemoveBudget(name)
@@ -132,6 +136,7 @@ func TestVMLiveRateChange(t *testing.T) {
 					how, mbit(clearedBps), mbit(cleared*to), cleared)
 			}
 			if d == Egress {
+				assertNoBypass(t, s, name)
 				if err := s.RemoveBudget(name); err != nil {
 					t.Fatal(err)
 				}

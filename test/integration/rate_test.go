@@ -129,6 +129,9 @@ func bulk(t *testing.T, s *shaper.Shaper, wd *world, apps []*app, d Direction, b
 	for _, a := range apps {
 		attach(t, s, a.device(d), b.Name)
 		assertShaped(t, a.device(d))
+		if d == Egress {
+			attachBackstop(t, s, a, b.Name)
+		}
 	}
 	var sinks []*traffic.Sink
 	var fs []*flow
@@ -161,6 +164,9 @@ func bulk(t *testing.T, s *shaper.Shaper, wd *world, apps []*app, d Direction, b
 		if err := f.stop(); err != nil {
 			t.Errorf("%s flow %s: %v", d, f.local, err)
 		}
+	}
+	if d == Egress {
+		assertNoBypass(t, s, b.Name)
 	}
 	sum := 0.0
 	for _, r := range rates {

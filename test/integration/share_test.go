@@ -68,6 +68,9 @@ func TestVMIsolatedBudgets(t *testing.T) {
 			for i, x := range []*app{a, b} {
 				upsert(t, s, budgets[i])
 				attach(t, s, x.device(d), budgets[i].Name)
+				if d == Egress {
+					attachBackstop(t, s, x, budgets[i].Name)
+				}
 			}
 			var sinks []*traffic.Sink
 			var fs []*flow
@@ -105,6 +108,9 @@ func TestVMIsolatedBudgets(t *testing.T) {
 				r.check(t, "isolated budget "+bd.Name)
 			}
 			for _, bd := range budgets {
+				if d == Egress {
+					assertNoBypass(t, s, bd.Name)
+				}
 				if err := s.RemoveBudget(bd.Name); err != nil {
 					t.Fatal(err)
 				}

@@ -7,6 +7,10 @@
 //	    bulk send; one JSON line per second, then a final JSON line {"final":true,...}.
 //	loadgen rr -to HOST:PORT [-count 100] [-size 64] [-interval 10ms]
 //	    request/response latency against an echo port; prints one JSON line with p50/p90/p99/max.
+//	loadgen bypass -dev eth0 -to IPv4:PORT -dstmac MAC [-size 1514] [-duration 5s]
+//	    raw UDP frames through an AF_PACKET socket with PACKET_QDISC_BYPASS (needs CAP_NET_RAW,
+//	    which Docker grants by default): what a container can send past its eth0's qdisc and
+//	    tc egress hook. Prints one JSON line with what the socket accepted.
 package main
 
 import (
@@ -19,6 +23,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -39,6 +44,8 @@ func main() {
 		err = send(ctx, os.Args[2:])
 	case "rr":
 		err = rr(ctx, os.Args[2:])
+	case "bypass":
+		err = bypass(ctx, os.Args[2:])
 	default:
 		usage()
 	}
@@ -49,7 +56,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: loadgen serve|send|rr [flags]  (loadgen MODE -h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: loadgen serve|send|rr|bypass [flags]  (loadgen MODE -h for flags)")
 	os.Exit(2)
 }
 
@@ -183,5 +190,38 @@ func rr(ctx context.Context, args []string) error {
 		return err
 	}
 	printJSON(l)
+	return nil
+}
+
+func bypass(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("bypass", flag.ExitOnError)
+	dev := fs.String("dev", "eth0", "interface to send on")
+	to := fs.String("to", "", "IPv4 destination HOST:PORT (UDP)")
+	dstMAC := fs.String("dstmac", "", "next hop's MAC (the bridge's, for a container)")
+	size := fs.Int("size", 1514, "frame bytes including the Ethernet header (60..1514)")
+	dur := fs.Duration("duration", 5*time.Second, "how long to send")
+	_ = fs.Parse(args)
+	host, port, err := net.SplitHostPort(*to)
+	if err != nil {
+		return fmt.Errorf("-to %q: %w", *to, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p <= 0 || p > 65535 {
+		return fmt.Errorf("-to %q: bad port", *to)
+	}
+	mac, err := net.ParseMAC(*dstMAC)
+	if err != nil {
+		return fmt.Errorf("-dstmac %q: %w", *dstMAC, err)
+	}
+	if err := boundedDuration(*dur); err != nil {
+		return err
+	}
+	res, err := traffic.BypassFlood(ctx, traffic.BypassOptions{Dev: *dev, DstMAC: mac, DstIP: net.ParseIP(host), DstPort: p,
+		Size: *size, Duration: *dur})
+	if err != nil {
+		return err
+	}
+	printJSON(map[string]any{"frames": res.Frames, "bytes": res.Bytes, "refused": res.Refused,
+		"seconds": res.Elapsed.Seconds(), "bits_per_sec": res.BitsPerSec()})
 	return nil
 }
