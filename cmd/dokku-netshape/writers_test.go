@@ -223,12 +223,12 @@ func TestDockerReportBrokenApp(t *testing.T) {
 	}
 
 	o = capture(t, "dokku-netshape", "report", "--format", "json")
-	var byApp map[string]map[string]string
+	var byApp map[string]map[string]any
 	if err := json.Unmarshal([]byte(o.stdout), &byApp); err != nil || o.code == 0 {
 		t.Fatalf("report --format json: %v\n%s", err, o)
 	}
 	if byApp["aaa"]["netshape-egress"] != "1mbit" || byApp["zzz"]["netshape-egress"] != "2mbit" ||
-		!strings.HasPrefix(byApp["broken"]["error"], brokenErr) || len(byApp["broken"]) != 1 {
+		!strings.HasPrefix(fmt.Sprint(byApp["broken"]["error"]), brokenErr) || len(byApp["broken"]) != 1 {
 		t.Errorf("json: %v", byApp)
 	}
 
