@@ -74,8 +74,11 @@ func (w *Watcher) Run(ctx context.Context) error {
 		events, errs := w.Source.Events(ctx)
 		// Subscribed first, resync second: nothing between is missed.
 		if w.Resync != nil {
+			t0 := time.Now()
 			if err := w.Resync(ctx); err != nil {
 				w.logf("netshape watch: resync: %v", err)
+			} else {
+				w.logf("netshape watch: resync done in %.1fms", float64(time.Since(t0))/1e6)
 			}
 		}
 		err := w.consume(ctx, events, errs, changes)
