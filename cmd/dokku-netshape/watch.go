@@ -123,13 +123,20 @@ func (k *kept) shape(ctx context.Context, app, id string) (string, error) {
 	return summary, err
 }
 
-// reconcileApp is applyApps' per-app step on the watcher's kept handles.
+// reconcileApp is applyApps' per-app step on the watcher's kept handles,
+// which also keep the app's programs loaded.
 func reconcileApp(ctx context.Context, r *reconcile.Reconciler, app string) error {
 	res, err := r.App(ctx, app)
 	if err != nil {
 		return err
 	}
 	printResult(res)
+	// The next start of this app is then shaped without waiting for the verifier.
+	for _, w := range res.Wants {
+		if err := r.Shaper.Preload(w.Budget.Name); err != nil {
+			fmt.Fprintf(os.Stderr, "netshape watch: %s: preload %s: %v\n", app, w.Budget.Name, err)
+		}
+	}
 	if err := res.Err(); err != nil {
 		return fmt.Errorf("%s: limits not enforced everywhere (traffic there passes unshaped): %w", app, err)
 	}

@@ -1,10 +1,27 @@
 package shaper
 
 import (
+	"fmt"
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
 )
+
+// Preload loads the EDT program of a budget now, so a later Attach by this
+// Shaper does not wait for the verifier (hundreds of milliseconds per
+// program under emulation). A long-running process calls it after budgets
+// change; a Shaper keeps its programs until Close.
+func (s *Shaper) Preload(budget string) error {
+	id, found, err := s.lookupID(budget)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fmt.Errorf("preload budget %q: %w", budget, ErrNoBudget)
+	}
+	_, err = s.program(id, budget)
+	return err
+}
 
 // Current reports whether the maps this Shaper holds are still the ones
 // pinned in its directory. A long-running process (the watcher) checks it

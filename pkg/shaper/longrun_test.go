@@ -1,6 +1,9 @@
 package shaper
 
-import "testing"
+import (
+	"errors"
+	"testing"
+)
 
 func TestRootCurrentNoticesPinsReplaced(t *testing.T) {
 	s := openTestShaper(t)
@@ -28,5 +31,29 @@ func TestRootCurrentNoticesPinsReplaced(t *testing.T) {
 	defer fresh.Close()
 	if s.Current() || !fresh.Current() {
 		t.Fatalf("after re-pinning: old current=%v, new current=%v; want false, true", s.Current(), fresh.Current())
+	}
+}
+
+func TestRootPreloadLoadsTheBudgetsProgram(t *testing.T) {
+	s := openTestShaper(t)
+	if err := s.Preload("nope"); !errors.Is(err, ErrNoBudget) {
+		t.Fatalf("Preload of a missing budget: %v, want ErrNoBudget", err)
+	}
+	if err := s.UpsertBudget(Budget{Name: "app/_default_/egress", Rate: 20e6}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Preload("app/_default_/egress"); err != nil {
+		t.Fatal(err)
+	}
+	id, _, _ := s.lookupID("app/_default_/egress")
+	s.mu.Lock()
+	p := s.progs[id]
+	s.mu.Unlock()
+	if p == nil {
+		t.Fatal("no program cached after Preload")
+	}
+	// Attach uses the same instance.
+	if q, err := s.program(id, "app/_default_/egress"); err != nil || q != p {
+		t.Fatalf("program after Preload: %v %v, want the preloaded one", q, err)
 	}
 }
