@@ -56,10 +56,9 @@ type Watcher struct {
 
 // Reasons a reconcile is due, for the log.
 const (
-	whyDocker  = "container events"
-	whyConfig  = "resource property change"
-	whyRetry   = "start not shaped at once"
-	whyResumed = "event stream lost"
+	whyDocker = "container events"
+	whyConfig = "resource property change"
+	whyRetry  = "start not shaped at once"
 )
 
 // Run watches until ctx ends.
@@ -180,10 +179,10 @@ func (w *Watcher) consume(ctx context.Context, events <-chan containers.Event, e
 			if !ok {
 				err = errors.New("closed")
 			}
-			w.flush(ctx, due, time.Time{}, whyResumed)
+			w.flush(ctx, due, time.Time{})
 			return err
 		case <-timer.C:
-			w.flush(ctx, due, time.Now(), "")
+			w.flush(ctx, due, time.Now())
 			rearm()
 		}
 	}
@@ -221,23 +220,19 @@ func (w *Watcher) shape(ctx context.Context, ev containers.Event) bool {
 }
 
 // flush reconciles the apps due by now (all of them if now is zero).
-func (w *Watcher) flush(ctx context.Context, due schedule, now time.Time, why string) {
+func (w *Watcher) flush(ctx context.Context, due schedule, now time.Time) {
 	for app, p := range due {
 		if !now.IsZero() && p.due.After(now) {
 			continue
 		}
 		delete(due, app)
-		reason := why
-		if reason == "" {
-			reason = p.why
-		}
 		t0 := time.Now()
 		if err := w.Reconcile(ctx, app); err != nil {
 			w.logf("netshape watch: %s: %v", app, err)
 			continue
 		}
 		done := time.Now()
-		w.logf("netshape watch: %s: reconciled (%s) in %.1fms (done %s)", app, reason,
+		w.logf("netshape watch: %s: reconciled (%s) in %.1fms (done %s)", app, p.why,
 			float64(done.Sub(t0))/1e6, done.UTC().Format(time.RFC3339Nano))
 	}
 }
