@@ -38,20 +38,21 @@ var targets = []target{
 type vmTarget struct {
 	metric string // the result's "metric"
 	field  string
-	max    float64 // 0: reported, no target
+	max    float64 // 0: no upper target
+	min    float64 // 0: no lower target
 	why    string
 }
 
 var vmTargets = []vmTarget{
-	{"watch_start_to_shaped", "starts", 0, "container starts measured (deploys and `docker restart`s, alternating)"},
-	{"watch_start_to_shaped", "p50_ms", 0, "Docker's State.StartedAt → watcher done attaching both directions (its own timestamp; the registry is checked after each)"},
-	{"watch_start_to_shaped", "p99_ms", 100, "the window in which a new container runs unshaped, under qemu TCG"},
-	{"watch_start_to_shaped", "max_ms", 0, "worst start"},
-	{"watch_start_to_shaped", "shape_work_p50_ms", 0, "of which the watcher's own work (inspect, plan, two attaches)"},
-	{"watch_start_to_shaped", "shape_work_p99_ms", 0, ""},
-	{"watch_property_change", "p50_ms", 0, "property written (in place, renamed, deleted) → rate/attachment in the pinned maps (5 ms poll)"},
-	{"watch_property_change", "p99_ms", 1000, "`dokku resource:limit --network-egress` takes effect without a deploy"},
-	{"watch_property_change", "max_ms", 0, ""},
+	{"watch_start_to_shaped", "starts", 0, 100, "container starts measured (deploys and `docker restart`s, alternating)"},
+	{"watch_start_to_shaped", "p50_ms", 0, 0, "Docker's State.StartedAt → watcher done attaching both directions (its own timestamp; the registry is checked after each)"},
+	{"watch_start_to_shaped", "p99_ms", 100, 0, "the window in which a new container runs unshaped, under qemu TCG"},
+	{"watch_start_to_shaped", "max_ms", 0, 0, "worst start"},
+	{"watch_start_to_shaped", "shape_work_p50_ms", 0, 0, "of which the watcher's own work (inspect, plan, two attaches)"},
+	{"watch_start_to_shaped", "shape_work_p99_ms", 0, 0, ""},
+	{"watch_property_change", "p50_ms", 0, 0, "property written (in place, renamed, deleted) → rate/attachment in the pinned maps (5 ms poll)"},
+	{"watch_property_change", "p99_ms", 1000, 0, "`dokku resource:limit --network-egress` takes effect without a deploy"},
+	{"watch_property_change", "max_ms", 0, 0, ""},
 }
 
 // vmResults reads every result object of a vmrun summary, keyed by metric and kernel.
@@ -143,13 +144,16 @@ func main() {
 			for _, k := range kernels {
 				v, ok := res[t.metric][k][t.field].(float64)
 				target, status := "—", ""
-				if t.max > 0 {
+				if t.max > 0 || t.min > 0 {
 					targetsChecked++
 					target, status = fmt.Sprintf("≤ %g", t.max), "PASS"
+					if t.min > 0 {
+						target = fmt.Sprintf("≥ %g", t.min)
+					}
 					switch {
 					case !ok:
 						status, failed = "MISSING", failed+1
-					case v > t.max:
+					case t.max > 0 && v > t.max, t.min > 0 && v < t.min:
 						status, failed = "FAIL", failed+1
 					}
 				}

@@ -42,7 +42,7 @@ const watchApp = "watchapp"
 // is reported; its p50/p99 over >= 100 starts is `make bench`'s TestVMBenchWatchStartToShaped.
 func TestVMWatchShapesEveryStart(t *testing.T) {
 	vmresult.RequireVM(t)
-	watchStarts(t, 6, "watch_start_to_shaped_small")
+	watchStarts(t, 6, 10*time.Minute, "watch_start_to_shaped_small")
 }
 
 // TestVMBenchWatchStartToShaped is the >= 100-start latency measurement behind BENCH.md.
@@ -51,7 +51,14 @@ func TestVMBenchWatchStartToShaped(t *testing.T) {
 	if os.Getenv(envBench) != "1" {
 		t.Skip("benchmark: run by `make bench` (" + envBench + "=1)")
 	}
-	watchStarts(t, 100, "watch_start_to_shaped")
+	// Under TCG on a shared 2-core host one start (create or restart in dockerd) took 5-50 s:
+	// the run is bounded in time (NETSHAPE_BENCH_MINUTES, default 60) and reports how many
+	// starts it measured; BENCH.md checks there were at least 100.
+	budget := 60 * time.Minute
+	if m, err := strconv.Atoi(os.Getenv("NETSHAPE_BENCH_MINUTES")); err == nil && m > 0 {
+		budget = time.Duration(m) * time.Minute
+	}
+	watchStarts(t, 100, budget, "watch_start_to_shaped")
 }
 
 // TestVMWatchAppliesPropertyChanges: `resource:limit` fires no trigger; with the watcher
@@ -220,14 +227,18 @@ func boxShaped(pinDir, app string, b box) error {
 // watchStarts alternates a deploy (new container started, old one removed) and a restart of
 // the live container, n starts in all, and after each waits for the settled reconcile the old
 // container's exit causes, so every start is measured on a quiet watcher as in production.
-func watchStarts(t *testing.T, n int, metric string) {
-	// Under TCG on a shared host one start (create or restart in dockerd) took 5-20 s.
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute+time.Duration(n)*30*time.Second)
+func watchStarts(t *testing.T, n int, budget time.Duration, metric string) {
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
+	deadline, _ := ctx.Deadline()
 	r := newWatchRig(t, ctx, "10.242.0.1/24")
 	var samples []startSample
 	live := ""
 	for i := 0; i < n; i++ {
+		if time.Until(deadline) < 2*time.Minute {
+			t.Errorf("time budget %s spent after %d of %d starts (reported below)", budget, i, n)
+			break
+		}
 		from := r.w.count()
 		t0 := time.Now()
 		var tStarted, tChecked time.Time
