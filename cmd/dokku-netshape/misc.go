@@ -1,56 +1,10 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/urfave/cli/v2"
-
-	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
-	"github.com/dokku-netshape/dokku-netshape/pkg/watch"
 )
-
-func watchCommand() *cli.Command {
-	return &cli.Command{
-		Name:  "watch",
-		Usage: "re-apply limits whenever Docker starts, restarts or reconnects an app's containers (runs until stopped)",
-		Action: func(c *cli.Context) error {
-			if os.Geteuid() != 0 {
-				return errors.New("watch must run as root (it attaches BPF programs)")
-			}
-			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
-			defer stop()
-			docker, err := newDocker()
-			if err != nil {
-				return fmt.Errorf("connect to Docker: %w", err)
-			}
-			defer docker.Close()
-			w := &watch.Watcher{
-				Source: docker,
-				Reconcile: func(ctx context.Context, app string) error {
-					return applyApps(ctx, []string{app}, false)
-				},
-				Resync: func(ctx context.Context) error {
-					apps, err := dokku.EnvFromOS().Apps()
-					if err != nil {
-						return err
-					}
-					return applyApps(ctx, apps, false)
-				},
-				Log: os.Stderr,
-			}
-			fmt.Println("-----> netshape: watching Docker events")
-			if err := w.Run(ctx); !errors.Is(err, context.Canceled) {
-				return err
-			}
-			return nil
-		},
-	}
-}
 
 func completionCommand() *cli.Command {
 	return &cli.Command{

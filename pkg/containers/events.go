@@ -80,6 +80,52 @@ func (c *Client) Events(ctx context.Context) (<-chan Event, <-chan error) {
 		filters.Arg("event", ActionDisconnect),
 	)})
 
+	// Network events need an inspect to find their app; that runs in its own
+	// goroutine so a slow inspect never holds up a container start behind it
+	// (the watcher shapes a container the moment its start event arrives).
+	netEvents, netErr := make(chan Event), make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case err := <-nerrs:
+				netErr <- streamErr(ctx, "network", err)
+				return
+			case m := <-nmsgs:
+				id := m.Actor.Attributes["container"]
+				if id == "" {
+					continue
+				}
+				ct, err := c.Inspect(ctx, id)
+				if errors.Is(err, ErrGone) {
+					continue // removed already: its destroy event says enough
+				}
+				if err != nil {
+					if ctx.Err() == nil {
+						err = fmt.Errorf("docker events: %w", err)
+					} else {
+						err = ctx.Err()
+					}
+					netErr <- err
+					return
+				}
+				if ct.App == "" {
+					continue
+				}
+				select {
+				case netEvents <- Event{
+					App: ct.App, ID: ct.ID, Action: string(m.Action),
+					ContainerType: ct.Type, ProcessType: ct.ProcessType,
+					Network: m.Actor.Attributes["name"], Time: eventTime(m),
+				}:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+
 	go func() {
 		defer cancel()
 		defer close(errc)
@@ -107,38 +153,15 @@ func (c *Client) Events(ctx context.Context) (<-chan Event, <-chan error) {
 				}) {
 					return
 				}
-			case m := <-nmsgs:
-				id := m.Actor.Attributes["container"]
-				if id == "" {
-					continue
-				}
-				ct, err := c.Inspect(ctx, id)
-				if errors.Is(err, ErrGone) {
-					continue // removed already: its destroy event says enough
-				}
-				if err != nil {
-					if ctx.Err() != nil {
-						errc <- ctx.Err()
-					} else {
-						errc <- fmt.Errorf("docker events: %w", err)
-					}
-					return
-				}
-				if ct.App == "" {
-					continue
-				}
-				if !send(Event{
-					App: ct.App, ID: ct.ID, Action: string(m.Action),
-					ContainerType: ct.Type, ProcessType: ct.ProcessType,
-					Network: m.Actor.Attributes["name"], Time: eventTime(m),
-				}) {
+			case e := <-netEvents:
+				if !send(e) {
 					return
 				}
 			case err := <-cerrs:
 				errc <- streamErr(ctx, "container", err)
 				return
-			case err := <-nerrs:
-				errc <- streamErr(ctx, "network", err)
+			case err := <-netErr:
+				errc <- err
 				return
 			}
 		}

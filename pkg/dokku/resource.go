@@ -266,3 +266,14 @@ func (e Env) SetResource(app, proc string, kind ResourceKind, typ ResourceType, 
 	}
 	return p.Set(app, key, value)
 }
+
+// IsNetworkLimitKey reports whether a resource property name is a network
+// limit ("<proc>.limit.network", "...network-egress", "...network-ingress"):
+// the only keys the shaper reads.
+func IsNetworkLimitKey(key string) bool {
+	proc, kind, typ, ok := ParseResourceKey(key)
+	if !ok || kind != Limit || ValidateProcessType(proc) != nil {
+		return false
+	}
+	return typ == Network || typ == NetworkEgress || typ == NetworkIngress
+}

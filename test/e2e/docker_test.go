@@ -3,17 +3,14 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -320,70 +317,8 @@ func measureIngress(t *testing.T, ctx context.Context, bs []box, phase string) {
 // startWatch runs `dokku-netshape watch` until the returned stop function (or the test's end).
 func startWatch(t *testing.T, env []string) func() {
 	t.Helper()
-	cmd := exec.Command(netshapeBin, "watch")
-	cmd.Env = env
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logMu sync.Mutex
-	var log strings.Builder
-	cmd.Stderr = writerFunc(func(p []byte) (int, error) {
-		logMu.Lock()
-		defer logMu.Unlock()
-		return log.Write(p)
-	})
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		once := sync.Once{}
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), "watching Docker events") {
-				once.Do(func() { close(ready) })
-			}
-			logMu.Lock()
-			log.WriteString(sc.Text() + "\n")
-			logMu.Unlock()
-		}
-	}()
-	select {
-	case <-ready:
-	case <-time.After(20 * time.Second):
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Fatalf("watch did not start within 20s:\n%s", log.String())
-	}
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			done := make(chan error, 1)
-			go func() { done <- cmd.Wait() }()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("watch exited with %v after SIGTERM", err)
-				}
-			case <-time.After(10 * time.Second):
-				cmd.Process.Kill()
-				<-done
-				t.Errorf("watch ignored SIGTERM for 10s")
-			}
-			logMu.Lock()
-			t.Logf("watch output:\n%s", log.String())
-			logMu.Unlock()
-		})
-	}
-	t.Cleanup(stop)
-	return stop
+	return newWatchProc(t, env).stop
 }
-
-type writerFunc func([]byte) (int, error)
-
-func (w writerFunc) Write(p []byte) (int, error) { return w(p) }
 
 // liveChange: one container sends over one TCP connection; halfway through, `set --egress
 // 50mbit` raises the limit. The same connection must then run at the new rate. Like

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/dokku-netshape/dokku-netshape/pkg/containers"
+	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
+	"github.com/dokku-netshape/dokku-netshape/pkg/reconcile"
+	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
+	"github.com/dokku-netshape/dokku-netshape/pkg/watch"
+)
+
+func watchCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "watch",
+		Usage: "shape containers as Docker starts them and apply resource:limit changes as Dokku writes them (runs until stopped)",
+		Action: func(c *cli.Context) error {
+			if os.Geteuid() != 0 {
+				return errors.New("watch must run as root (it attaches BPF programs)")
+			}
+			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			docker, err := newDocker()
+			if err != nil {
+				return fmt.Errorf("connect to Docker: %w", err)
+			}
+			defer docker.Close()
+			env := dokku.EnvFromOS()
+			k := &kept{env: env, docker: docker}
+			defer k.close()
+			w := &watch.Watcher{
+				Source: docker,
+				Config: watch.NewResourceFiles(env, os.Stderr),
+				Shape:  k.shape,
+				// k3s apps' pod annotations first, under the config lock
+				// only (the two locks never nest); then the local devices.
+				Reconcile: func(ctx context.Context, app string) error {
+					return errors.Join(syncClusterAppsAsCaller([]string{app}),
+						k.do(func(r *reconcile.Reconciler) error { return reconcileApp(ctx, r, app) }))
+				},
+				Resync: func(ctx context.Context) error {
+					apps, err := env.Apps()
+					if err != nil {
+						return err
+					}
+					clusterErr := syncClusterAppsAsCaller(apps)
+					return errors.Join(clusterErr, k.do(func(r *reconcile.Reconciler) error {
+						var errs []error
+						for _, app := range apps {
+							errs = append(errs, reconcileApp(ctx, r, app))
+						}
+						return errors.Join(errs...)
+					}))
+				},
+				Log: os.Stderr,
+			}
+			fmt.Println("-----> netshape: watching Docker events and " + env.PluginConfigDir(dokku.ResourcePlugin))
+			if err := w.Run(ctx); !errors.Is(err, context.Canceled) {
+				return err
+			}
+			return nil
+		},
+	}
+}
+
+// kept holds the watcher's shaper and Docker handles from one reconcile to
+// the next, so a start is shaped with its EDT programs already loaded (a
+// fresh Open reloads them through the verifier). The reconcile lock is still
+// taken for each use alone, never while waiting for events.
+type kept struct {
+	env    dokku.Env
+	docker *containers.Client
+	s      *shaper.Shaper
+}
+
+func (k *kept) do(fn func(*reconcile.Reconciler) error) error {
+	lock := os.Getenv(envLock)
+	if lock == "" {
+		lock = reconcile.DefaultLockPath
+	}
+	unlock, err := reconcile.Lock(lock)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if k.s != nil && !k.s.Current() {
+		// Pins removed (uninstall, operator): start over on what is pinned now.
+		k.s.Close()
+		k.s = nil
+	}
+	if k.s == nil {
+		if k.s, err = shaper.Open(shaper.Options{PinDir: os.Getenv(envPinDir)}); err != nil {
+			return err
+		}
+	}
+	return fn(&reconcile.Reconciler{Env: k.env, Docker: k.docker, Shaper: k.s, Log: os.Stderr})
+}
+
+func (k *kept) close() {
+	if k.s != nil {
+		k.s.Close()
+	}
+}
+
+// shape is the watcher's start path: one container, at once.
+func (k *kept) shape(ctx context.Context, app, id string) (string, error) {
+	var summary string
+	err := k.do(func(r *reconcile.Reconciler) error {
+		res, err := r.Container(ctx, app, id)
+		if err != nil {
+			return err
+		}
+		printResult(res)
+		summary = fmt.Sprintf("%d device(s) shaped", len(res.Shaped))
+		if len(res.Wants) == 0 {
+			summary = "no network limit configured"
+		}
+		return res.Err()
+	})
+	return summary, err
+}
+
+// reconcileApp is applyApps' per-app step on the watcher's kept handles,
+// which also keep the app's programs loaded.
+func reconcileApp(ctx context.Context, r *reconcile.Reconciler, app string) error {
+	res, err := r.App(ctx, app)
+	if err != nil {
+		return err
+	}
+	printResult(res)
+	// The next start of this app is then shaped without waiting for the verifier.
+	for _, w := range res.Wants {
+		if err := r.Shaper.Preload(w.Budget.Name); err != nil {
+			fmt.Fprintf(os.Stderr, "netshape watch: %s: preload %s: %v\n", app, w.Budget.Name, err)
+		}
+	}
+	if err := res.Err(); err != nil {
+		return fmt.Errorf("%s: limits not enforced everywhere (traffic there passes unshaped): %w", app, err)
+	}
+	return nil
+}

@@ -1,0 +1,111 @@
+package reconcile
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/dokku-netshape/dokku-netshape/pkg/containers"
+	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
+	"github.com/dokku-netshape/dokku-netshape/pkg/dokku/dokkutest"
+	"github.com/dokku-netshape/dokku-netshape/test/nettest"
+)
+
+// inspectingDocker also answers Inspect, as pkg/containers does.
+type inspectingDocker struct{ fakeDocker }
+
+func (f inspectingDocker) Inspect(_ context.Context, id string) (containers.Container, error) {
+	for _, list := range f.fakeDocker {
+		for _, c := range list {
+			if c.ID == id {
+				return c, nil
+			}
+		}
+	}
+	return containers.Container{}, fmt.Errorf("inspect container %s: %w", id, containers.ErrGone)
+}
+
+func TestRootContainerRefusesWhatIsNotAStartedDeployContainer(t *testing.T) {
+	nettest.RequireRoot(t)
+	f := dokkutest.NewFixture(t)
+	f.AddApp("shop", "web", 1)
+	f.SetResource("shop", "", dokku.Limit, dokku.Network, "20mbit")
+	blog := containers.Container{ID: "b1", Name: "blog.web.1", App: "blog", Type: containers.TypeDeploy, ProcessType: "web", Running: true}
+	run := containers.Container{ID: "r1", Name: "shop.run.1", App: "shop", Type: containers.TypeRun, Running: true}
+	stopped := containers.Container{ID: "s1", Name: "shop.web.1", App: "shop", Type: containers.TypeDeploy, ProcessType: "web"}
+	r := &Reconciler{Env: f.Env, Docker: inspectingDocker{fakeDocker{"blog": {blog}, "shop": {run, stopped}}}, Shaper: openShaper(t)}
+	ctx := context.Background()
+	for _, id := range []string{"b1", "r1"} {
+		if _, err := r.Container(ctx, "shop", id); err == nil || !strings.Contains(err.Error(), "not a deploy container of shop") {
+			t.Errorf("Container(shop, %s) = %v, want a refusal", id, err)
+		}
+	}
+	for _, id := range []string{"s1", "gone"} {
+		res, err := r.Container(ctx, "shop", id)
+		if err != nil || len(res.Unshaped) != 1 || res.Unshaped[0].Err != nil || len(res.Shaped) != 0 {
+			t.Errorf("Container(shop, %s) = %+v, %v: want one unshaped entry, no failure", id, res, err)
+		}
+	}
+	if bs, _ := r.Shaper.Budgets(); len(bs) != 0 {
+		t.Fatalf("budgets %v created for containers that were not shaped", bs)
+	}
+	if _, err := (&Reconciler{Env: f.Env, Docker: fakeDocker{}, Shaper: r.Shaper}).Container(ctx, "shop", "s1"); err == nil {
+		t.Fatal("a Docker client without Inspect was accepted")
+	}
+}
+
+// Container shapes exactly the started container, with the budgets App
+// would give it; App afterwards finds it already in place.
+func TestRootFqContainerShapesOneContainerAsAppWould(t *testing.T) {
+	nettest.RequireFq(t)
+	f := dokkutest.NewFixture(t)
+	f.AddApp("shop", "web", 1, "worker", 1)
+	f.SetResource("shop", "", dokku.Limit, dokku.Network, "20mbit")
+	f.SetResource("shop", "worker", dokku.Limit, dokku.NetworkEgress, "1mbit")
+	web, _ := fakeContainer(t, "shop", "web", 1, 31)
+	worker, _ := fakeContainer(t, "shop", "worker", 1, 32)
+	docker := inspectingDocker{fakeDocker{"shop": {web, worker}}}
+	r := &Reconciler{Env: f.Env, Docker: docker, Shaper: openShaper(t)}
+
+	res, err := r.Container(context.Background(), "shop", worker.ID)
+	if err != nil || res.Err() != nil {
+		t.Fatalf("Container: %v %v", err, res.Err())
+	}
+	got := map[string]string{}
+	for _, s := range res.Shaped {
+		if s.Container != worker.Name {
+			t.Fatalf("shaped %+v: only %s was started", s, worker.Name)
+		}
+		got[string(s.Direction)] = s.Budget
+	}
+	if got["egress"] != "shop/worker/egress" || got["ingress"] != "shop/_default_/ingress" || len(got) != 2 {
+		t.Fatalf("worker shaped with %v, want its own egress budget and the app-wide ingress one", got)
+	}
+	atts, _ := r.Shaper.Attachments()
+	if len(atts) != 2 {
+		t.Fatalf("attachments %v, want the worker's two", atts)
+	}
+	rates := map[string]uint64{}
+	bs, _ := r.Shaper.Budgets()
+	for _, b := range bs {
+		rates[b.Name] = b.Rate
+	}
+	if rates["shop/worker/egress"] != 1e6 || rates["shop/_default_/ingress"] != 20e6 {
+		t.Fatalf("budgets %v", rates)
+	}
+
+	// The whole-app reconcile agrees: the worker keeps its attachments, web gets its own.
+	full, err := r.App(context.Background(), "shop")
+	if err != nil || full.Err() != nil || len(full.Removed) != 0 {
+		t.Fatalf("App after Container: %v %v, removed %v", err, full.Err(), full.Removed)
+	}
+	for _, s := range full.Shaped {
+		if s.Container == worker.Name && got[string(s.Direction)] != s.Budget {
+			t.Fatalf("App put %s %s on %s, Container on %s", s.Container, s.Direction, s.Budget, got[string(s.Direction)])
+		}
+	}
+	if after, _ := r.Shaper.Attachments(); len(after) != 4 {
+		t.Fatalf("attachments after App %v, want four", after)
+	}
+}
