@@ -11,7 +11,6 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 
-	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
 	"github.com/dokku-netshape/dokku-netshape/test/vm/vmresult"
 )
 
@@ -90,13 +89,8 @@ func killRound(t *testing.T, ctx context.Context, r *rig, name string, batch []s
 		target[c.egressDev()] = true
 		target[c.ingressDev(r.hostNetnsIno)] = true
 	}
-	s, err := shaper.Open(shaper.Options{PinDir: r.pinDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
 	recorded := func() int {
-		atts, err := s.Attachments()
+		atts, err := r.attachments()
 		if err != nil {
 			t.Fatal(err)
 		}

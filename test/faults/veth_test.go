@@ -10,7 +10,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
 	"github.com/dokku-netshape/dokku-netshape/test/vm/vmresult"
 )
 
@@ -38,13 +37,8 @@ func TestVMFaultVethDeletedMidApply(t *testing.T) {
 		devs[c.egressDev()] = true
 		devs[c.ingressDev(r.hostNetnsIno)] = true
 	}
-	s, err := shaper.Open(shaper.Options{PinDir: r.pinDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
 	recorded := func() map[devKey]bool {
-		atts, err := s.Attachments()
+		atts, err := r.attachments()
 		if err != nil {
 			t.Fatal(err)
 		}
