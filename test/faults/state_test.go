@@ -529,3 +529,24 @@ func (r *rig) expectClean(v *inventory, cs []ctr, budget func(c ctr, dir string)
 
 // defaultBudget is the budget of an app without process-specific keys.
 func defaultBudget(c ctr, dir string) string { return c.App + "/_default_/" + dir }
+
+// shapedNow is the light check for polling: the registry and the wholeness of the given
+// containers' own devices, without the full inventory's scans.
+func (r *rig) shapedNow(cs []ctr, budget func(c ctr, dir string) string) error {
+	atts, err := r.attachments()
+	if err != nil {
+		return err
+	}
+	v := &inventory{ByDev: map[devKey]shaper.Attachment{}}
+	for _, a := range atts {
+		v.ByDev[devKey{a.NetnsIno, a.Ifindex}] = a
+	}
+	for _, c := range cs {
+		for _, k := range []devKey{c.egressDev(), c.ingressDev(r.hostNetnsIno)} {
+			if a, ok := v.ByDev[k]; ok {
+				r.checkWhole(v, a)
+			}
+		}
+	}
+	return r.expectShaped(v, cs, budget)
+}
