@@ -18,7 +18,7 @@ import (
 // its devices shaped again) is measured and reported. At the end every device is shaped and
 // nothing of the old containers is left.
 func TestVMFaultDockerdRestart(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	r := newRig(t, ctx, "dockerd", "10.242.1.1/24")
 	const app = "restartapp"

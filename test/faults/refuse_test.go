@@ -27,7 +27,7 @@ import (
 // (measured: well above the limit, not zero) and leave nothing behind. Once slots are free
 // again, the same apply shapes the app.
 func TestVMFaultBudgetSlotsFull(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	r := newRig(t, ctx, "full", "10.242.4.1/24")
 	const app = "fullapp"

@@ -68,7 +68,9 @@ func newRig(t *testing.T, ctx context.Context, name, bip string) *rig {
 	t.Helper()
 	vmresult.RequireVM(t)
 	r := &rig{t: t, ctx: ctx,
-		opts:   guestdocker.Options{StateDir: "/run/nsfaults-" + name, DataRoot: "/var/lib/docker/nsfaults-" + name, Bip: bip},
+		// A generous wait: on a saturated host a TCG guest's dockerd took 60 s to restore two containers.
+		opts: guestdocker.Options{StateDir: "/run/nsfaults-" + name, DataRoot: "/var/lib/docker/nsfaults-" + name, Bip: bip,
+			Wait: 3 * time.Minute},
 		pinDir: fmt.Sprintf("/sys/fs/bpf/netshape-faults-%s-%d", name, os.Getpid()),
 		lock:   filepath.Join(t.TempDir(), "netshape.lock"),
 	}

@@ -19,7 +19,7 @@ import (
 // container named on stderr as not enforced, traffic passing unshaped), record nothing for the
 // vanished devices, and the next apply must be clean.
 func TestVMFaultVethDeletedMidApply(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	r := newRig(t, ctx, "veth", "10.242.3.1/24")
 	const app = "vethapp"
