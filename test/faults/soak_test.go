@@ -152,8 +152,15 @@ func TestVMSoakWatch(t *testing.T) {
 	}
 	t.Logf("baseline watcher: %+v", baseStats)
 
+	baseCtrs := cs
 	took := drive(warm, n)
 	final := settle(fmt.Sprintf("after %d events", n))
+	// The events really replaced every container's veth, and the watcher shaped the new ones.
+	for i, c := range cs {
+		if c.Name != baseCtrs[i].Name || c.Pair.HostIf.Index == baseCtrs[i].Pair.HostIf.Index {
+			t.Fatalf("%s kept host veth #%d through the soak: the events did not reach it", c.Name, c.Pair.HostIf.Index)
+		}
+	}
 	time.Sleep(time.Second)
 	finalStats, err := w.quietStats(3, 300*time.Millisecond)
 	if err != nil {
