@@ -79,7 +79,7 @@ func newRig(t *testing.T, ctx context.Context, name, bip string) *rig {
 		t.Fatal(err)
 	}
 	t0 := time.Now()
-	if r.d, err = guestdocker.Start(ctx, r.opts); err != nil {
+	if r.d, err = startDockerd(t, ctx, r.opts); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("dockerd up in %.1fs (%s)", time.Since(t0).Seconds(), bip)
@@ -101,6 +101,25 @@ func newRig(t *testing.T, ctx context.Context, name, bip string) *rig {
 	return r
 }
 
+// startDockerd starts dockerd, once more if the first attempt dies: on a saturated host
+// dockerd was seen to give up on its own containerd ("timeout waiting for containerd to
+// start") before the test had asked anything of it.
+func startDockerd(t *testing.T, ctx context.Context, o guestdocker.Options) (*guestdocker.Daemon, error) {
+	d, err := guestdocker.Start(ctx, o)
+	if err == nil || ctx.Err() != nil {
+		return d, err
+	}
+	t.Logf("dockerd did not start (%v); once more", firstLine(err.Error()))
+	return guestdocker.Start(ctx, o)
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
 // env is what every dokku-netshape process of this rig runs with.
 func (r *rig) env() []string {
 	return r.d.Env("NETSHAPE_PIN_DIR="+r.pinDir, "NETSHAPE_LOCK="+r.lock)
@@ -114,7 +133,7 @@ func (r *rig) restartDocker() time.Time {
 		r.t.Fatalf("stop dockerd: %v", err)
 	}
 	stopped := time.Now()
-	d, err := guestdocker.Start(r.ctx, r.opts)
+	d, err := startDockerd(r.t, r.ctx, r.opts)
 	if err != nil {
 		r.t.Fatalf("restart dockerd: %v", err)
 	}

@@ -17,19 +17,31 @@ import (
 	"github.com/dokku-netshape/dokku-netshape/test/vm/vmresult"
 )
 
-// soakEvents is how many container events the soak drives: NETSHAPE_SOAK_EVENTS (make bench
-// sets 1000), else a count that keeps the CI run to a few minutes per kernel under TCG.
-func soakEvents(t *testing.T) int {
-	n := 72
-	if s := os.Getenv("NETSHAPE_SOAK_EVENTS"); s != "" {
-		v, err := strconv.Atoi(s)
-		if err != nil || v < 24 || v > 5000 {
-			t.Fatalf("NETSHAPE_SOAK_EVENTS=%q: want 24..5000", s)
+// soakPlan is how many container events the soak drives and how long it may take for them:
+// NETSHAPE_SOAK_EVENTS and NETSHAPE_SOAK_MINUTES (make bench: 1000 in 45), else a CI size
+// that takes about a minute on an idle host under TCG. On a saturated host one Docker call
+// was seen to take 50 s; the time bound then ends the soak early, and at least minEvents
+// must have run for its counts to mean anything.
+func soakPlan(t *testing.T) (events int, budget time.Duration) {
+	events, minutes := 72, 6
+	for _, v := range []struct {
+		env      string
+		out      *int
+		min, max int
+	}{{"NETSHAPE_SOAK_EVENTS", &events, 24, 5000}, {"NETSHAPE_SOAK_MINUTES", &minutes, 1, 120}} {
+		if s := os.Getenv(v.env); s != "" {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < v.min || n > v.max {
+				t.Fatalf("%s=%q: want %d..%d", v.env, s, v.min, v.max)
+			}
+			*v.out = n
 		}
-		n = v
 	}
-	return n
+	return events, time.Duration(minutes) * time.Minute
 }
+
+// minEvents after the warm-up: two full restart/stop/start cycles of every container.
+const minEvents = 24
 
 // TestVMSoakWatch drives container restarts, stops and starts against a running watcher, then
 // counts what is left: attachments of devices that are gone, TCX link pins, legacy filters,
@@ -37,12 +49,12 @@ func soakEvents(t *testing.T) int {
 // the watcher's goroutines and descriptors. Against a baseline taken after a warm-up, none
 // may grow, and the end state must be exactly the running containers' devices, whole.
 func TestVMSoakWatch(t *testing.T) {
-	n := soakEvents(t)
+	n, timeBudget := soakPlan(t)
 	const cycle = 12 // 4 containers × (restart, stop, start): every container runs after each cycle
 	n = (n + cycle - 1) / cycle * cycle
 	warm := cycle
-	// Under TCG one docker start/stop costs about a second; allow three per event.
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute+time.Duration(n)*3*time.Second)
+	// The events' time budget, plus set-up, settling, and one cycle (3 slow calls) to finish.
+	ctx, cancel := context.WithTimeout(context.Background(), timeBudget+8*time.Minute)
 	defer cancel()
 	r := newRig(t, ctx, "soak", "10.242.5.1/24")
 	r.limitApp("soaka", "20mbit", "30mbit", "web", 2)
@@ -66,7 +78,8 @@ func TestVMSoakWatch(t *testing.T) {
 	w := r.startWatch()
 
 	zero := 0
-	var slowest time.Duration
+	var slowest, callTime time.Duration
+	calls := 0
 	var slowMu sync.Mutex
 	event := func(i int) error {
 		name := names[i%len(names)]
@@ -82,6 +95,8 @@ func TestVMSoakWatch(t *testing.T) {
 		}
 		slowMu.Lock()
 		slowest = max(slowest, time.Since(t0))
+		callTime += time.Since(t0)
+		calls++
 		slowMu.Unlock()
 		return err
 	}
@@ -111,26 +126,39 @@ func TestVMSoakWatch(t *testing.T) {
 	}
 	// Each container has its own worker, so events on different containers overlap as they do
 	// on a busy host (and four run in the time of one under TCG). Worker j drives container j
-	// through events j, j+4, j+8, ...
-	drive := func(from, to int) time.Duration {
+	// through events j, j+4, j+8, ...; past the deadline it stops at the end of a cycle, so
+	// every container is left running. drive returns how many events ran.
+	drive := func(from, to int, deadline time.Time) (int, time.Duration) {
 		t.Helper()
 		t0 := time.Now()
-		errs := make(chan error, len(names))
+		type done struct {
+			events int
+			err    error
+		}
+		res := make(chan done, len(names))
 		for j := range names {
 			go func() {
+				ran := 0
 				for i := from + j; i < to; i += len(names) {
+					if (i/len(names))%3 == 0 && time.Now().After(deadline) {
+						break
+					}
 					if err := event(i); err != nil {
-						errs <- fmt.Errorf("event %d on %s: %w", i, names[j], err)
+						res <- done{ran, fmt.Errorf("event %d on %s: %w", i, names[j], err)}
 						return
 					}
+					ran++
 				}
-				errs <- nil
+				res <- done{ran, nil}
 			}()
 		}
+		total := 0
 		var first error
 		for range names {
-			if err := <-errs; err != nil && first == nil {
-				first = err
+			d := <-res
+			total += d.events
+			if d.err != nil && first == nil {
+				first = d.err
 			}
 		}
 		if first != nil {
@@ -139,10 +167,10 @@ func TestVMSoakWatch(t *testing.T) {
 		if w.exited() {
 			t.Fatalf("the watcher exited during the soak (%v):\n%s", w.err, tail(w.log.String(), 40))
 		}
-		return time.Since(t0)
+		return total, time.Since(t0)
 	}
 
-	warmTook := drive(0, warm)
+	_, warmTook := drive(0, warm, time.Now().Add(time.Hour))
 	t.Logf("warm-up: %d events in %.1fs, slowest Docker call %.1fs", warm, warmTook.Seconds(), slowest.Seconds())
 	base := settle("after warm-up")
 	time.Sleep(time.Second)
@@ -153,8 +181,14 @@ func TestVMSoakWatch(t *testing.T) {
 	t.Logf("baseline watcher: %+v", baseStats)
 
 	baseCtrs := cs
-	took := drive(warm, n)
-	final := settle(fmt.Sprintf("after %d events", n))
+	ran, took := drive(warm, n, time.Now().Add(timeBudget))
+	final := settle(fmt.Sprintf("after %d events", warm+ran))
+	if ran < minEvents {
+		t.Fatalf("only %d events after the warm-up within %s (want at least %d): too few to count leaks", ran, timeBudget, minEvents)
+	}
+	if ran < n-warm {
+		t.Logf("time budget %s reached after %d of %d planned events", timeBudget, warm+ran, n)
+	}
 	// The events really replaced every container's veth, and the watcher shaped the new ones.
 	for i, c := range cs {
 		if c.Name != baseCtrs[i].Name || c.Pair.HostIf.Index == baseCtrs[i].Pair.HostIf.Index {
@@ -190,16 +224,18 @@ func TestVMSoakWatch(t *testing.T) {
 	// tests left in this guest.
 	ours := final.Progs - progs0.Progs
 	vmresult.Report(t, "soak", map[string]any{
-		"events": n, "warmup_events": warm, "seconds": took.Seconds(), "events_per_sec": float64(n-warm) / took.Seconds(),
+		"events": warm + ran, "events_planned": n, "warmup_events": warm, "seconds": took.Seconds(),
+		"events_per_sec": float64(ran) / took.Seconds(), "time_budget_seconds": timeBudget.Seconds(),
 		"growth": growth, "baseline": base.Summary(), "final": final.Summary(),
 		"watcher_baseline": baseStats, "watcher_final": finalStats, "programs_held": ours,
 		"flows": final.Flows, "flows_per_budget": len(final.FlowsPerBudget), "slowest_docker_call_seconds": slowest.Seconds(),
+		"mean_docker_call_seconds": callTime.Seconds() / float64(max(calls, 1)),
 	})
 	t.Logf("%d events (%d after warm-up in %.0fs); growth against the warm-up baseline: %v; programs held %d for %d attachments",
-		n, n-warm, took.Seconds(), growth, ours, len(final.Atts))
+		warm+ran, ran, took.Seconds(), growth, ours, len(final.Atts))
 	for k, g := range growth {
 		if g > 0 {
-			t.Errorf("%s grew by %d over %d events", k, g, n-warm)
+			t.Errorf("%s grew by %d over %d events", k, g, ran)
 		}
 	}
 	if ours > len(final.Atts) {

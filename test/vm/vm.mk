@@ -67,14 +67,15 @@ vm-test: vm-kernels vm-bins
 VM_BENCH_OUT     ?= test/vm/out-bench
 VM_BENCH_KERNELS ?= 6.12
 VM_BENCH_EVENTS  ?= 1000
-VM_BENCH_TIMEOUT ?= 60m
+VM_BENCH_MINUTES ?= 40
+VM_BENCH_TIMEOUT ?= 55m
 
 vm-bench: vm-kernels vm-tools
 	@rm -f $(VM_BENCH_OUT)/summary.json
 	go test -c -tags vm -o $(VM_OUT)/bin/$(call vm_bin,./test/faults) ./test/faults
 	$(VM_OUT)/vmrun -init $(VM_OUT)/init -out $(VM_BENCH_OUT) -kernels $(VM_BENCH_KERNELS) -timeout $(VM_BENCH_TIMEOUT) \
 		-env NETSHAPE_LOADGEN=$(VM_ABS_OUT)/loadgen -env NETSHAPE_BIN=$(VM_ABS_OUT)/dokku-netshape \
-		-env NETSHAPE_SOAK_EVENTS=$(VM_BENCH_EVENTS) $(VM_FLAGS) \
+		-env NETSHAPE_SOAK_EVENTS=$(VM_BENCH_EVENTS) -env NETSHAPE_SOAK_MINUTES=$(VM_BENCH_MINUTES) $(VM_FLAGS) \
 		-cmd 'cd ./test/faults && $(VM_ABS_OUT)/bin/$(call vm_bin,./test/faults) -test.v -test.count=1 -test.timeout $(VM_BENCH_TIMEOUT) -test.run TestVMSoakWatch'
 
 vm-shell: vm-kernels vm-tools
