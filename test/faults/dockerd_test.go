@@ -91,7 +91,7 @@ func TestVMFaultDockerdRestart(t *testing.T) {
 	}
 
 	// The fault was hit: each container really was restarted into a new namespace and veth.
-	worst := time.Duration(0)
+	var worst, afterUp time.Duration
 	per := map[string]float64{}
 	for i, c := range after {
 		b := before[i]
@@ -102,11 +102,15 @@ func TestVMFaultDockerdRestart(t *testing.T) {
 		unshaped := shapedAt[c.Name].Sub(c.Started)
 		per[c.Name] = unshaped.Seconds()
 		worst = max(worst, unshaped)
-		t.Logf("%s: pid %d → %d, host veth %s → %s; started %.2fs after the daemon stopped, unshaped for %.2fs",
-			c.Name, b.Pid, c.Pid, b.Pair.HostIf.Name, c.Pair.HostIf.Name, c.Started.Sub(stopped).Seconds(), unshaped.Seconds())
+		afterUp = max(afterUp, shapedAt[c.Name].Sub(up))
+		// dockerd starts restored containers before its API answers: until then no client,
+		// the watcher included, can learn of them.
+		t.Logf("%s: pid %d → %d, host veth %s → %s; started %.2fs after the daemon stopped, unshaped for %.2fs (shaped %.2fs after dockerd answered)",
+			c.Name, b.Pid, c.Pid, b.Pair.HostIf.Name, c.Pair.HostIf.Name, c.Started.Sub(stopped).Seconds(), unshaped.Seconds(),
+			shapedAt[c.Name].Sub(up).Seconds())
 	}
 	vmresult.Report(t, "dockerd_restart_unshaped", map[string]any{
-		"unshaped_seconds_max": worst.Seconds(), "unshaped_seconds": per,
+		"unshaped_seconds_max": worst.Seconds(), "unshaped_seconds": per, "shaped_after_dockerd_answered_seconds_max": afterUp.Seconds(),
 		"dockerd_down_seconds": up.Sub(stopped).Seconds(), "containers": len(after), "poll_gap_seconds_max": gap.Seconds(),
 	})
 
