@@ -27,6 +27,7 @@ func watchCommand() *cli.Command {
 			}
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			defer watchStats(os.Stderr)()
 			docker, err := newDocker()
 			if err != nil {
 				return fmt.Errorf("connect to Docker: %w", err)

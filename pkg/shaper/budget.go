@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -421,12 +422,20 @@ func (s *Shaper) allocateID(name string) (uint32, error) {
 		if err == nil {
 			return id, nil
 		}
+		if errors.Is(err, unix.E2BIG) {
+			// The kernel's word for a full map is "argument list too long".
+			return 0, fmt.Errorf("register budget %q: %w", name, errSlotsFull)
+		}
 		if !errors.Is(err, ebpf.ErrKeyExist) {
 			return 0, fmt.Errorf("register budget %q: %w", name, err)
 		}
 	}
-	return 0, fmt.Errorf("register budget %q: all %d budget slots are in use", name, maxBudgets)
+	return 0, fmt.Errorf("register budget %q: %w", name, errSlotsFull)
 }
+
+// errSlotsFull: every budget slot of the maps is taken.
+var errSlotsFull = fmt.Errorf("all %d budget slots are in use (each app, direction and process type with a limit takes one; "+
+	"`dokku-netshape apply --all` frees those of deleted apps)", maxBudgets)
 
 func namesSpec() *ebpf.MapSpec {
 	return &ebpf.MapSpec{

@@ -87,7 +87,7 @@ var line = regexp.MustCompile(`^(Benchmark\S+?)(-\d+)?\s+\d+\s+(.*)$`)
 
 func main() {
 	out := flag.String("out", "BENCH.md", "markdown file to write")
-	vm := flag.String("vm", "", "vmrun summary.json of the VM benchmarks (empty: none)")
+	vm := flag.String("vm", "", "vmrun summary.json of the VM benchmarks (make vm-bench); empty: none")
 	flag.Parse()
 	results := map[string]map[string]float64{}
 	var order []string
@@ -164,6 +164,7 @@ func main() {
 				fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", t.metric, k, t.field, num(v, ok), target, why)
 			}
 		}
+		failed += soakSection(&b, *vm)
 	}
 	b.WriteString("\n## All results\n\n```\n" + raw.String() + "```\n")
 	if err := os.WriteFile(*out, []byte(b.String()), 0o644); err != nil {

@@ -140,9 +140,8 @@ func TestVMBackstopBypassSender(t *testing.T) {
 func TestVMBackstopLiveDecrease(t *testing.T) {
 	vmresult.RequireVM(t)
 	const from, to = 50e6, 5e6
-	if !carried(t, Egress, from, "backstop_live_decrease") {
-		return
-	}
+	// No capacity gate: the assertion is 0 bypassed, which must hold whatever rate the guest
+	// reaches at the moment (a slower guest only stamps less ahead of the clock).
 	s := openShaper(t)
 	w := newWorld(t, 1)
 	a := w.apps[0]

@@ -14,7 +14,7 @@
 
 VM_OUT        ?= test/vm/out
 VM_KERNELS    ?= 6.1,6.12
-VM_TIMEOUT    ?= 10m
+VM_TIMEOUT    ?= 25m
 VM_TEST_RUN   ?=
 VM_FLAGS      ?=
 # containernetworking/plugins release whose bandwidth plugin test/cni runs (k3s bundles its own build of it).
@@ -28,7 +28,7 @@ VM_PKGS       ?= ./test/vm/smoke $(filter-out ./test/vm/smoke ./test/integration
                  $(if $(wildcard test/integration/*_test.go),./test/integration)
 
 VM_ABS_OUT     = $(abspath $(VM_OUT))
-VM_TEST_FLAGS  = -test.v -test.count=1 $(if $(VM_TEST_RUN),-test.run '$(VM_TEST_RUN)')
+VM_TEST_FLAGS  = -test.v -test.count=1 -test.timeout $(VM_TIMEOUT) $(if $(VM_TEST_RUN),-test.run '$(VM_TEST_RUN)')
 # ./pkg/shaper/ -> pkg_shaper.test
 vm_bin         = $(subst /,_,$(patsubst ./%,%,$(patsubst %/,%,$(1)))).test
 VM_RUN         = $(VM_OUT)/vmrun -init $(VM_OUT)/init -out $(VM_OUT) -kernels $(VM_KERNELS) \
@@ -37,7 +37,7 @@ VM_RUN         = $(VM_OUT)/vmrun -init $(VM_OUT)/init -out $(VM_OUT) -kernels $(
                  -env NETSHAPE_CNI_BANDWIDTH=$(VM_ABS_OUT)/cni/bandwidth $(VM_FLAGS)
 vm_cmd         = -cmd 'cd $(1) && $(VM_ABS_OUT)/bin/$(call vm_bin,$(1)) $(VM_TEST_FLAGS)'
 
-.PHONY: vm-deps vm-kernels vm-tools vm-bins vm-smoke vm-test vm-shell vm-clean
+.PHONY: vm-deps vm-kernels vm-tools vm-bins vm-smoke vm-test vm-bench vm-shell vm-clean
 
 vm-deps:
 	.ci/vm-deps.sh
@@ -65,6 +65,30 @@ vm-smoke: vm-kernels vm-tools
 
 vm-test: vm-kernels vm-bins
 	$(VM_RUN) $(foreach p,$(VM_PKGS),$(call vm_cmd,$(p)))
+
+# The VM benchmarks, one guest: the watcher's latencies (test/e2e TestVMBench*, only with
+# NETSHAPE_BENCH=1: container start → shaped over VM_BENCH_STARTS starts, resource property write →
+# in force) and the soak at bench size (test/faults TestVMSoakWatch: container restarts, stops and
+# starts against a running watcher, then leak counts against a warm-up baseline). `make bench` runs
+# it and test/bench turns summary.json into BENCH.md. One kernel by default (the CI test run already
+# runs both tests on both kernels at a smaller count). Each part is bounded in time as well as count.
+VM_BENCH_OUT            ?= test/vm/out-bench
+VM_BENCH_KERNELS        ?= 6.12
+VM_BENCH_EVENTS         ?= 1000
+VM_BENCH_MINUTES        ?= 40
+VM_BENCH_START_MINUTES  ?= 12
+VM_BENCH_TIMEOUT        ?= 70m
+
+vm-bench: vm-kernels vm-tools
+	@rm -f $(VM_BENCH_OUT)/summary.json
+	go test -c -tags vm -o $(VM_OUT)/bin/$(call vm_bin,./test/faults) ./test/faults
+	go test -c -tags vm -o $(VM_OUT)/bin/$(call vm_bin,./test/e2e) ./test/e2e
+	$(VM_OUT)/vmrun -init $(VM_OUT)/init -out $(VM_BENCH_OUT) -kernels $(VM_BENCH_KERNELS) -timeout $(VM_BENCH_TIMEOUT) \
+		-env NETSHAPE_LOADGEN=$(VM_ABS_OUT)/loadgen -env NETSHAPE_BIN=$(VM_ABS_OUT)/dokku-netshape \
+		-env NETSHAPE_BENCH=1 -env NETSHAPE_BENCH_MINUTES=$(VM_BENCH_START_MINUTES) \
+		-env NETSHAPE_SOAK_EVENTS=$(VM_BENCH_EVENTS) -env NETSHAPE_SOAK_MINUTES=$(VM_BENCH_MINUTES) $(VM_FLAGS) \
+		-cmd 'cd ./test/e2e && $(VM_ABS_OUT)/bin/$(call vm_bin,./test/e2e) -test.v -test.count=1 -test.timeout $(VM_BENCH_TIMEOUT) -test.run TestVMBench' \
+		-cmd 'cd ./test/faults && $(VM_ABS_OUT)/bin/$(call vm_bin,./test/faults) -test.v -test.count=1 -test.timeout $(VM_BENCH_TIMEOUT) -test.run TestVMSoakWatch'
 
 vm-shell: vm-kernels vm-tools
 	$(VM_OUT)/vmrun -init $(VM_OUT)/init -out $(VM_OUT) -kernels $(VM_KERNELS) -timeout 1h \
