@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
+	"github.com/dokku-netshape/dokku-netshape/test/docker/dockertest"
 	"github.com/dokku-netshape/dokku-netshape/test/nettest"
 )
 
@@ -96,8 +97,9 @@ func TestK3sSetClearWritePodAnnotations(t *testing.T) {
 // Values stored by `dokku resource:limit` (no trigger fires) reach the pod
 // annotations through apply, as post-deploy and the watcher run it; report
 // shows them and who enforces them, and nothing is attached here.
-func TestRootK3sApplyAndReport(t *testing.T) {
+func TestDockerK3sApplyAndReport(t *testing.T) {
 	nettest.RequireRoot(t)
+	dockertest.Need(t) // apply --all lists the local app's containers
 	e := newCLIEnv(t)
 	e.AddApp("shop", "web", 1, "worker", 1)
 	e.SetScheduler(dokku.GlobalApp, "k3s")

@@ -77,14 +77,19 @@ func TestRootFqContainerShapesOneContainerAsAppWould(t *testing.T) {
 		if s.Container != worker.Name {
 			t.Fatalf("shaped %+v: only %s was started", s, worker.Name)
 		}
-		got[string(s.Direction)] = s.Budget
+		what := string(s.Direction)
+		if s.Backstop() {
+			what += " backstop"
+		}
+		got[what] = s.Budget
 	}
-	if got["egress"] != "shop/worker/egress" || got["ingress"] != "shop/_default_/ingress" || len(got) != 2 {
-		t.Fatalf("worker shaped with %v, want its own egress budget and the app-wide ingress one", got)
+	if got["egress"] != "shop/worker/egress" || got["egress backstop"] != "shop/worker/egress" ||
+		got["ingress"] != "shop/_default_/ingress" || len(got) != 3 {
+		t.Fatalf("worker shaped with %v, want its own egress budget (at the source and as the host-side backstop) and the app-wide ingress one", got)
 	}
 	atts, _ := r.Shaper.Attachments()
-	if len(atts) != 2 {
-		t.Fatalf("attachments %v, want the worker's two", atts)
+	if len(atts) != 3 {
+		t.Fatalf("attachments %v, want the worker's three (eth0, its host peer's backstop and shaper)", atts)
 	}
 	rates := map[string]uint64{}
 	bs, _ := r.Shaper.Budgets()

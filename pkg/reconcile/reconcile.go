@@ -190,17 +190,20 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 	if r.Shaper == nil {
 		return res, errors.New("reconcile: no shaper")
 	}
-	list, err := r.Docker.ListApp(ctx, app)
-	if err != nil {
-		return res, fmt.Errorf("list containers of %s: %w", app, err)
-	}
+	var list []containers.Container
+	var err error
 	if res.Scheduler, err = r.remote(app); err != nil {
 		return res, err
 	}
-	if res.Scheduler != "" {
-		list = nil // no wants: what was attached before the move is removed below
-	} else if res.Wants, err = r.Wants(app, processTypes(list)); err != nil {
-		return res, err
+	// A k3s app has no wants here, and needs no Docker: what was attached
+	// before the move is removed below.
+	if res.Scheduler == "" {
+		if list, err = r.Docker.ListApp(ctx, app); err != nil {
+			return res, fmt.Errorf("list containers of %s: %w", app, err)
+		}
+		if res.Wants, err = r.Wants(app, processTypes(list)); err != nil {
+			return res, err
+		}
 	}
 	if err := r.pruneOnce(); err != nil {
 		return res, err

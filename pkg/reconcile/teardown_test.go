@@ -164,10 +164,11 @@ func TestRootLongAppAndProcessNames(t *testing.T) {
 	if !slices.ContainsFunc(st.Wants, func(w Want) bool { return w.Scope == longProc && w.Direction == Egress }) {
 		t.Fatalf("status wants %+v: no %s egress", st.Wants, longProc)
 	}
-	if fq && (len(st.Shaped) != 4 || len(st.Unshaped) != 0) {
-		t.Fatalf("status: shaped %d unshaped %+v, want 4 and none", len(st.Shaped), st.Unshaped)
+	// Per interface: egress at the source, its host-side backstop, ingress on the host peer.
+	if fq && (len(st.Shaped) != 6 || len(st.Unshaped) != 0) {
+		t.Fatalf("status: shaped %d unshaped %+v, want 6 and none", len(st.Shaped), st.Unshaped)
 	}
-	if n := attachmentsOf(t, r.Shaper, longApp); fq && n != 4 || !fq && n != 0 {
+	if n := attachmentsOf(t, r.Shaper, longApp); fq && n != 6 || !fq && n != 0 {
 		t.Fatalf("%d attachments of the long app (fq %v)", n, fq)
 	}
 
@@ -346,7 +347,7 @@ func TestRootPruneOncePerRun(t *testing.T) {
 	prunes, opens := run()
 	wantOpens := 0
 	if fq {
-		wantOpens = 6
+		wantOpens = 9 // 3 apps × (eth0, host peer's backstop, host peer)
 	}
 	if prunes != 1 || opens != wantOpens {
 		t.Fatalf("one run over %d apps: %d prunes opening %d namespaces, want 1 and %d", len(apps), prunes, opens, wantOpens)

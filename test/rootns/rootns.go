@@ -78,8 +78,16 @@ func runChild(t *testing.T) {
 	t.Helper()
 	before := snapshot(t)
 	args := []string{"-test.run=^" + regexp.QuoteMeta(t.Name()) + "$", "-test.count=1", "-test.v"}
-	for _, a := range os.Args[1:] {
-		if strings.HasPrefix(a, "-test.timeout") || strings.HasPrefix(a, "-test.failfast") {
+	// The parent's timeout and failfast, given as "-flag=value" or "-flag value" (make vm-test's form).
+	for i := 1; i < len(os.Args); i++ {
+		a := os.Args[i]
+		switch {
+		case a == "-test.timeout" || a == "--test.timeout":
+			if i+1 < len(os.Args) {
+				args = append(args, a+"="+os.Args[i+1])
+				i++
+			}
+		case strings.HasPrefix(a, "-test.timeout=") || strings.HasPrefix(a, "-test.failfast"):
 			args = append(args, a)
 		}
 	}
