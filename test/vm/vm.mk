@@ -14,7 +14,7 @@
 
 VM_OUT        ?= test/vm/out
 VM_KERNELS    ?= 6.1,6.12
-VM_TIMEOUT    ?= 25m
+VM_TIMEOUT    ?= 40m
 VM_TEST_RUN   ?=
 VM_FLAGS      ?=
 # containernetworking/plugins release whose bandwidth plugin test/cni runs (k3s bundles its own build of it).
