@@ -106,11 +106,16 @@ func TestRootFqContainerShapesOneContainerAsAppWould(t *testing.T) {
 		t.Fatalf("App after Container: %v %v, removed %v", err, full.Err(), full.Removed)
 	}
 	for _, s := range full.Shaped {
-		if s.Container == worker.Name && got[string(s.Direction)] != s.Budget {
-			t.Fatalf("App put %s %s on %s, Container on %s", s.Container, s.Direction, s.Budget, got[string(s.Direction)])
+		what := string(s.Direction)
+		if s.Backstop() {
+			what += " backstop"
+		}
+		if s.Container == worker.Name && got[what] != s.Budget {
+			t.Fatalf("App put %s %s on %s, Container on %s", s.Container, what, s.Budget, got[what])
 		}
 	}
-	if after, _ := r.Shaper.Attachments(); len(after) != 4 {
-		t.Fatalf("attachments after App %v, want four", after)
+	// Two containers, each: eth0, its host peer's backstop, the host peer.
+	if after, _ := r.Shaper.Attachments(); len(after) != 6 {
+		t.Fatalf("attachments after App %v, want six", after)
 	}
 }

@@ -14,8 +14,8 @@ import (
 // TestVMFaultDockerdRestart restarts dockerd under a running `dokku-netshape watch`. The
 // daemon's shutdown kills the app's containers and its restart policy (Dokku's on-failure:10)
 // starts them again in new namespaces with new veths, with no Dokku trigger. The watcher must
-// reconnect and shape them; the time each container ran unshaped (from its new start to both
-// its devices shaped again) is measured and reported. At the end every device is shaped and
+// reconnect and shape them; the time each container ran unshaped (from its new start to all
+// three of its attachments whole again: eth0, the egress backstop, the host peer) is measured and reported. At the end every device is shaped and
 // nothing of the old containers is left.
 func TestVMFaultDockerdRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
@@ -51,10 +51,10 @@ func TestVMFaultDockerdRestart(t *testing.T) {
 	up := time.Now()
 	t.Logf("dockerd down %.1fs (stopped → answering again)", up.Sub(stopped).Seconds())
 
-	// Poll until every container runs again (a new start after the stop) with both devices
-	// shaped; remember when each first was.
-	// A container counts as shaped at the moment of the first registry read that finds both
-	// its devices whole; the gap between reads bounds how early it may have been.
+	// Poll until every container runs again (a new start after the stop) with all three
+	// attachments whole; remember when each first was.
+	// A container counts as shaped at the moment of the first registry read that finds all
+	// three of its attachments whole; the gap between reads bounds how early it may have been.
 	shapedAt := map[string]time.Time{}
 	var after []ctr
 	var lastRead time.Time

@@ -16,7 +16,7 @@ import (
 
 // TestVMFaultKillMidApply SIGKILLs dokku-netshape in the middle of shaping many containers,
 // twice: the watcher during its start-up resync, then a one-shot `apply --all`. The kill
-// lands when the first device of the batch is recorded, so the process had more to do; the
+// lands when the first attachment of the batch is recorded, so the process had more to do; the
 // test checks it did not finish. Meanwhile an app shaped earlier keeps its limit (its pinned
 // TCX links or legacy filters outlive the process: measured at its receiver). After a
 // restart every recorded attachment is whole, nothing is attached that is not recorded, and
@@ -31,7 +31,7 @@ func TestVMFaultKillMidApply(t *testing.T) {
 	r.limitApp(steady, "10mbit", "10mbit", "web", 1)
 	r.runApp(steady, "web", 1)
 	r.mustApply(steady)
-	// The batch: 3 apps × 4 containers = 24 devices to attach.
+	// The batch: 3 apps × 4 containers = 36 attachments (eth0, backstop, host peer) to make.
 	batch := []string{"bulka", "bulkb", "bulkc"}
 	for _, app := range batch {
 		r.limitApp(app, "30mbit", "40mbit", "web", 4)
@@ -86,8 +86,9 @@ func killRound(t *testing.T, ctx context.Context, r *rig, name string, batch []s
 	}
 	target := map[devKey]bool{}
 	for _, c := range bc {
-		target[c.egressDev()] = true
-		target[c.ingressDev(r.hostNetnsIno)] = true
+		for _, k := range c.devs(r.hostNetnsIno) {
+			target[k] = true
+		}
 	}
 	recorded := func() int {
 		atts, err := r.attachments()
@@ -96,17 +97,17 @@ func killRound(t *testing.T, ctx context.Context, r *rig, name string, batch []s
 		}
 		n := 0
 		for _, a := range atts {
-			if target[devKey{a.NetnsIno, a.Ifindex}] {
+			if target[keyOf(a)] {
 				n++
 			}
 		}
 		return n
 	}
 	if n := recorded(); n != 0 {
-		t.Fatalf("%s: %d batch devices recorded before the process started", name, n)
+		t.Fatalf("%s: %d batch attachments recorded before the process started", name, n)
 	}
 
-	// Kill at the first recorded batch device. Polling the registry is a few syscalls; one
+	// Kill at the first recorded batch attachment. Polling the registry is a few syscalls; one
 	// attach is several netlink round trips and, with TCX, a namespace switch.
 	p := start()
 	t0 := time.Now()
@@ -119,18 +120,18 @@ func killRound(t *testing.T, ctx context.Context, r *rig, name string, batch []s
 	}
 	if !p.exited() {
 		p.kill()
-		t.Fatalf("%s: no batch device recorded within 90s:\n%s", name, p.log)
+		t.Fatalf("%s: no batch attachment recorded within 90s:\n%s", name, p.log)
 	}
 	afterKill := recorded()
 	killedAt := time.Since(t0)
-	t.Logf("%s: SIGKILL %.2fs after start with %d of %d batch devices recorded (%d once it was dead)",
+	t.Logf("%s: SIGKILL %.2fs after start with %d of %d batch attachments recorded (%d once it was dead)",
 		name, killedAt.Seconds(), atKill, len(target), afterKill)
 	// Killed by our signal, not exited by itself, and with work left.
 	if ws := p.cmd.ProcessState; ws == nil || ws.ExitCode() != -1 {
 		t.Fatalf("%s: the process exited by itself (%v) before the kill:\n%s", name, p.err, p.log)
 	}
 	if afterKill == 0 || afterKill >= len(target) {
-		t.Fatalf("%s: %d of %d batch devices recorded at the kill: not mid-way", name, afterKill, len(target))
+		t.Fatalf("%s: %d of %d batch attachments recorded at the kill: not mid-way", name, afterKill, len(target))
 	}
 
 	// What the kill left, before anything repairs it (reported, not judged: one device may be

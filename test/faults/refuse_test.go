@@ -97,7 +97,8 @@ func TestVMFaultBudgetSlotsFull(t *testing.T) {
 	}
 	t.Logf("before apply: %s\nafter apply: %s", before, after)
 	if len(after.Atts) != 0 || len(after.FqDevs) != 0 || len(after.FilterDevs) != 0 || after.Pins != before.Pins ||
-		after.Names != before.Names || after.Cfg != 0 || after.State != 0 || after.Stats != 0 || after.TCXLinks != before.TCXLinks {
+		after.Names != before.Names || after.Cfg != 0 || after.State != 0 || after.Stats != 0 || after.TCXLinks != before.TCXLinks ||
+		after.Pcfg != 0 || after.Pstate != 0 || after.Pstats != 0 || after.LinkPins != 0 || after.PoliceProgs != before.PoliceProgs {
 		t.Errorf("the refused apply left something behind:\nbefore %s\nafter  %s", before, after)
 	}
 

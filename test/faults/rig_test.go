@@ -29,6 +29,7 @@ import (
 
 	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
 	"github.com/dokku-netshape/dokku-netshape/pkg/dokku/dokkutest"
+	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
 	"github.com/dokku-netshape/dokku-netshape/pkg/veth"
 	"github.com/dokku-netshape/dokku-netshape/test/e2e/guestdocker"
 	"github.com/dokku-netshape/dokku-netshape/test/tools/traffic"
@@ -199,8 +200,22 @@ type ctr struct {
 	Pair                veth.Pair // eth0 and its host-side peer
 }
 
-func (c ctr) egressDev() devKey                { return devKey{c.NetnsIno, c.Pair.ContainerIf.Index} }
-func (c ctr) ingressDev(hostIno uint64) devKey { return devKey{hostIno, c.Pair.HostIf.Index} }
+// The container's attachments: app egress shaped at eth0, the egress backstop at the host
+// peer's ingress, app ingress shaped at the host peer.
+func (c ctr) egressDev() devKey {
+	return devKey{c.NetnsIno, c.Pair.ContainerIf.Index, shaper.HookShape}
+}
+func (c ctr) policeDev(hostIno uint64) devKey {
+	return devKey{hostIno, c.Pair.HostIf.Index, shaper.HookPolice}
+}
+func (c ctr) ingressDev(hostIno uint64) devKey {
+	return devKey{hostIno, c.Pair.HostIf.Index, shaper.HookShape}
+}
+
+// devs are the keys of all three.
+func (c ctr) devs(hostIno uint64) []devKey {
+	return []devKey{c.egressDev(), c.policeDev(hostIno), c.ingressDev(hostIno)}
+}
 
 func (r *rig) inspect(id string) (ctr, error) {
 	ci, err := r.cli.ContainerInspect(r.ctx, id)

@@ -14,6 +14,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
+	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
 	"github.com/dokku-netshape/dokku-netshape/test/vm/vmresult"
 )
 
@@ -45,8 +46,8 @@ func soakPlan(t *testing.T) (events int, budget time.Duration) {
 const minEvents = 24
 
 // TestVMSoakWatch drives container restarts, stops and starts against a running watcher, then
-// counts what is left: attachments of devices that are gone, TCX link pins, legacy filters,
-// fq roots, pins, budget map entries, flow entries of deleted budgets, kernel programs, and
+// counts what is left: attachments of devices that are gone, TCX link pins, legacy filters
+// (egress and backstop), fq roots, pins, budget map entries (the policer's too), flow entries of deleted budgets, kernel programs, and
 // the watcher's goroutines and descriptors. Against a baseline taken after a warm-up, none
 // may grow, and the end state must be exactly the running containers' devices, whole.
 func TestVMSoakWatch(t *testing.T) {
@@ -216,6 +217,13 @@ func TestVMSoakWatch(t *testing.T) {
 		"cfg":                      final.Cfg - base.Cfg,
 		"state":                    final.State - base.State,
 		"stats":                    final.Stats - base.Stats,
+		"pcfg":                     final.Pcfg - base.Pcfg,
+		"pstate":                   final.Pstate - base.Pstate,
+		"pstats":                   final.Pstats - base.Pstats,
+		"police_attachments":       final.hookRecorded(shaper.HookPolice) - base.hookRecorded(shaper.HookPolice),
+		"police_filters":           final.filters(shaper.HookPolice) - base.filters(shaper.HookPolice),
+		"police_links":             final.PoliceLinks - base.PoliceLinks,
+		"stray_link_pins":          len(final.StrayLinkPins),
 		"flows_of_deleted_budgets": final.FlowsOfDeleted,
 		"goroutines":               finalStats.Goroutines - baseStats.Goroutines,
 		"fds":                      finalStats.FDs - baseStats.FDs,
@@ -240,7 +248,7 @@ func TestVMSoakWatch(t *testing.T) {
 		}
 	}
 	if ours > len(final.Atts) {
-		t.Errorf("%d netshape_edt programs held for %d attachments", ours, len(final.Atts))
+		t.Errorf("%d netshape_edt/netshape_police programs held for %d attachments", ours, len(final.Atts))
 	}
 	if final.Flows > 65536 {
 		t.Errorf("%d flow entries: beyond the map's bound", final.Flows)

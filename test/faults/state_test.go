@@ -20,42 +20,88 @@ import (
 	"github.com/dokku-netshape/dokku-netshape/pkg/veth"
 )
 
-// What the shaper owns, by its documented names (pkg/shaper): programs and legacy filters
-// named netshape_edt, fq root qdiscs with handle 4e53:, pins under the pin directory.
+// What the shaper owns, by its documented names (pkg/shaper): the shaping program and its
+// legacy filters named netshape_edt at tc egress with an fq root qdisc of handle 4e53:, the
+// backstop policer and its legacy filters named netshape_police at tc ingress (no qdisc), and
+// pins under the pin directory (TCX links under links/, one per device and hook).
 const (
-	progName = "netshape_edt"
-	fqHandle = 0x4e53 << 16
+	progName   = "netshape_edt"
+	policeName = "netshape_police"
+	fqHandle   = 0x4e53 << 16
 )
 
-// devKey names a device the way the registry does: namespace inode and ifindex.
+// hookProg is the program a hook runs; hookParent the clsact side it runs at with legacy tc;
+// hookTCX its TCX attach type.
+func hookProg(h shaper.Hook) string {
+	if h == shaper.HookPolice {
+		return policeName
+	}
+	return progName
+}
+
+func hookParent(h shaper.Hook) uint32 {
+	if h == shaper.HookPolice {
+		return netlink.HANDLE_MIN_INGRESS
+	}
+	return netlink.HANDLE_MIN_EGRESS
+}
+
+func hookTCX(h shaper.Hook) ebpf.AttachType {
+	if h == shaper.HookPolice {
+		return ebpf.AttachTCXIngress
+	}
+	return ebpf.AttachTCXEgress
+}
+
+// hooks are every hook a device can carry, each at most once.
+var hooks = []shaper.Hook{shaper.HookShape, shaper.HookPolice}
+
+// devKey names an attachment the way the registry does: namespace inode, ifindex and hook
+// (a host-side veth carries both the app's ingress shaping and its egress backstop).
 type devKey struct {
 	Ino     uint64
 	Ifindex int
+	Hook    shaper.Hook
 }
 
-func (k devKey) String() string { return fmt.Sprintf("%d/%d", k.Ino, k.Ifindex) }
+func (k devKey) String() string { return fmt.Sprintf("%d/%d/%s", k.Ino, k.Ifindex, k.Hook) }
+
+// linkPin is the TCX link pin of an attachment (pkg/shaper linkPin): the shaping hook keeps
+// the name it had before the policer existed, other hooks add their name.
+func linkPin(pinDir string, k devKey) string {
+	name := fmt.Sprintf("%d_%d", k.Ino, k.Ifindex)
+	if k.Hook != shaper.HookShape {
+		name += "_" + k.Hook.String()
+	}
+	return filepath.Join(pinDir, "links", name)
+}
 
 // inventory is everything of ours the kernel holds, read from outside the binary: the pinned
 // maps, the pins, the qdiscs and filters on every device of the given namespaces, and the
 // kernel-wide programs and TCX links.
 type inventory struct {
-	Atts   []shaper.Attachment
-	ByDev  map[devKey]shaper.Attachment
-	Stale  []string // recorded, but the device is gone
-	Broken []string // recorded on a live device, but not whole
+	Atts       []shaper.Attachment
+	ByDev      map[devKey]shaper.Attachment
+	Stale      []string        // recorded, but the device is gone
+	Broken     []string        // recorded on a live device, but not whole
+	BrokenDevs map[devKey]bool // the keys of Broken
 
 	// Entries of the pinned maps.
 	Names, Cfg, State, Stats, Flows int
+	Pcfg, Pstate, Pstats            int // the policer's per-budget maps
 	FlowsOfDeleted                  int // flows keyed by a budget id that has no name and no config
 	FlowsPerBudget                  map[uint32]int
 	Inconsistent                    []string // budget maps that disagree
 
-	Pins, LinkPins int // files under the pin directory, and TCX link pins among them
+	Pins, LinkPins int      // files under the pin directory, and TCX link pins among them
+	StrayLinkPins  []string // link pins of no recorded TCX attachment
 
-	FqDevs     map[devKey]string // devices with our fq as root qdisc (value: where)
-	FilterDevs map[devKey]string // devices with a netshape_edt cls_bpf filter at egress
-	TCXLinks   int               // TCX links in the kernel running a netshape_edt program
-	Progs      int               // netshape_edt programs loaded in the kernel
+	FqDevs                   map[devKey]string // devices with our fq as root qdisc (hook: shape; value: where)
+	FilterDevs               map[devKey]string // our cls_bpf filters: at egress (hook shape) or ingress (hook police)
+	Misplaced                []string          // one of our filters at the other hook's side
+	TCXLinks                 int               // TCX links in the kernel running one of our programs
+	Progs                    int               // netshape_edt and netshape_police programs loaded in the kernel
+	PoliceProgs, PoliceLinks int               // of which netshape_police
 }
 
 // Unrecorded lists ours on a device the registry does not know: what an interrupted attach
@@ -69,11 +115,35 @@ func (v *inventory) Unrecorded() []string {
 	}
 	for k, where := range v.FilterDevs {
 		if _, ok := v.ByDev[k]; !ok {
-			out = append(out, "netshape_edt filter on "+where)
+			out = append(out, hookProg(k.Hook)+" filter on "+where)
 		}
 	}
+	out = append(out, v.Misplaced...)
+	out = append(out, v.StrayLinkPins...)
 	sort.Strings(out)
 	return out
+}
+
+// hookRecorded counts the recorded attachments of one hook.
+func (v *inventory) hookRecorded(h shaper.Hook) int {
+	n := 0
+	for _, a := range v.Atts {
+		if a.Hook == h {
+			n++
+		}
+	}
+	return n
+}
+
+// filters counts the devices with our legacy filter at one hook.
+func (v *inventory) filters(h shaper.Hook) int {
+	n := 0
+	for k := range v.FilterDevs {
+		if k.Hook == h {
+			n++
+		}
+	}
+	return n
 }
 
 // tcxRecorded counts the recorded attachments made with TCX.
@@ -107,8 +177,11 @@ func (v *inventory) Summary() map[string]any {
 	return map[string]any{
 		"attachments": len(v.Atts), "stale_attachments": len(v.Stale), "broken_attachments": len(v.Broken),
 		"unrecorded": len(v.Unrecorded()), "names": v.Names, "cfg": v.Cfg, "state": v.State, "stats": v.Stats,
+		"pcfg": v.Pcfg, "pstate": v.Pstate, "pstats": v.Pstats,
 		"flows": v.Flows, "flows_of_deleted_budgets": v.FlowsOfDeleted, "pins": v.Pins, "link_pins": v.LinkPins,
 		"fq_roots": len(v.FqDevs), "legacy_filters": len(v.FilterDevs), "tcx_links": v.TCXLinks, "programs": v.Progs,
+		"police_attachments": v.hookRecorded(shaper.HookPolice), "police_filters": v.filters(shaper.HookPolice),
+		"police_links": v.PoliceLinks, "police_programs": v.PoliceProgs,
 		"inconsistent": len(v.Inconsistent),
 	}
 }
@@ -124,8 +197,8 @@ func (v *inventory) String() string {
 // takeInventory reads the state under pinDir, scanning the root namespace and the
 // namespaces of the given containers for our qdiscs and filters.
 func (r *rig) takeInventory(cs []ctr) (*inventory, error) {
-	v := &inventory{ByDev: map[devKey]shaper.Attachment{}, FqDevs: map[devKey]string{}, FilterDevs: map[devKey]string{},
-		FlowsPerBudget: map[uint32]int{}}
+	v := &inventory{ByDev: map[devKey]shaper.Attachment{}, BrokenDevs: map[devKey]bool{}, FqDevs: map[devKey]string{},
+		FilterDevs: map[devKey]string{}, FlowsPerBudget: map[uint32]int{}}
 	if _, err := os.Stat(filepath.Join(r.pinDir, "netshape_devs")); errors.Is(err, os.ErrNotExist) {
 		// Nothing created yet. (Opening a shaper here would create the pins and race the
 		// binary doing the same; the test only ever reads pins.)
@@ -138,10 +211,17 @@ func (r *rig) takeInventory(cs []ctr) (*inventory, error) {
 	if v.Atts, err = r.attachments(); err != nil {
 		return nil, err
 	}
+	tcxPins := map[string]bool{}
 	for _, a := range v.Atts {
-		k := devKey{a.NetnsIno, a.Ifindex}
+		k := keyOf(a)
+		if _, dup := v.ByDev[k]; dup {
+			v.Inconsistent = append(v.Inconsistent, "recorded twice: "+k.String())
+		}
 		v.ByDev[k] = a
 		r.checkWhole(v, a)
+		if a.Mode == shaper.ModeTCX {
+			tcxPins[linkPin(r.pinDir, k)] = true
+		}
 	}
 	if err := r.countMaps(v); err != nil {
 		return nil, err
@@ -153,6 +233,9 @@ func (r *rig) takeInventory(cs []ctr) (*inventory, error) {
 		v.Pins++
 		if filepath.Base(filepath.Dir(path)) == "links" {
 			v.LinkPins++
+			if !tcxPins[path] {
+				v.StrayLinkPins = append(v.StrayLinkPins, "link pin of no recorded TCX attachment: "+filepath.Base(path))
+			}
 		}
 		return nil
 	})
@@ -178,7 +261,7 @@ func (r *rig) takeInventory(cs []ctr) (*inventory, error) {
 type regKey struct {
 	NetnsIno uint64
 	Ifindex  uint32
-	_        uint32
+	Hook     uint32
 }
 
 type regVal struct {
@@ -218,7 +301,8 @@ func (r *rig) attachments() ([]shaper.Attachment, error) {
 		}
 		out = append(out, shaper.Attachment{
 			Device: shaper.Device{Netns: cstr(v.Netns[:]), Name: cstr(v.Name[:])},
-			Budget: budget, BudgetID: v.Budget, Mode: shaper.Mode(v.Mode), NetnsIno: k.NetnsIno, Ifindex: int(k.Ifindex),
+			Budget: budget, BudgetID: v.Budget, Mode: shaper.Mode(v.Mode), Hook: shaper.Hook(k.Hook),
+			NetnsIno: k.NetnsIno, Ifindex: int(k.Ifindex),
 		})
 	}
 	if err := it.Err(); err != nil {
@@ -227,6 +311,8 @@ func (r *rig) attachments() ([]shaper.Attachment, error) {
 	return out, nil
 }
 
+func keyOf(a shaper.Attachment) devKey { return devKey{a.NetnsIno, a.Ifindex, a.Hook} }
+
 func cstr(b []byte) string {
 	if i := strings.IndexByte(string(b), 0); i >= 0 {
 		return string(b[:i])
@@ -234,11 +320,13 @@ func cstr(b []byte) string {
 	return string(b)
 }
 
-// checkWhole: the device exists in the recorded namespace, our fq is its root qdisc, our
-// program is attached at egress (a pinned TCX link on that ifindex, or a netshape_edt filter),
-// and its budget exists.
+// checkWhole: the device exists in the recorded namespace, our program runs at the hook's
+// side of it (a pinned TCX link of that hook's attach type on that ifindex, or the hook's
+// legacy filter at that side of clsact), a shaping hook has our fq as root qdisc (the policer
+// needs none), and the budget exists.
 func (r *rig) checkWhole(v *inventory, a shaper.Attachment) {
-	where := fmt.Sprintf("%s (%d/%d, budget %q)", a.Device, a.NetnsIno, a.Ifindex, a.Budget)
+	k := keyOf(a)
+	where := fmt.Sprintf("%s %s (%s, budget %q)", a.Device, a.Hook, k, a.Budget)
 	nsPath := a.Device.Netns
 	if nsPath == "" {
 		nsPath = "/proc/self/ns/net"
@@ -259,15 +347,21 @@ func (r *rig) checkWhole(v *inventory, a shaper.Attachment) {
 		return
 	}
 	var why []string
-	if !hasOurFq(h, l) {
-		why = append(why, "no fq 4e53: root")
+	switch a.Hook {
+	case shaper.HookShape:
+		if !hasOurFq(h, l) {
+			why = append(why, "no fq 4e53: root")
+		}
+	case shaper.HookPolice:
+	default:
+		why = append(why, fmt.Sprintf("unknown hook %d", uint32(a.Hook)))
 	}
+	prog := hookProg(a.Hook)
 	switch a.Mode {
 	case shaper.ModeTCX:
-		pin := filepath.Join(r.pinDir, "links", fmt.Sprintf("%d_%d", a.NetnsIno, a.Ifindex))
-		lk, err := link.LoadPinnedLink(pin, nil)
+		lk, err := link.LoadPinnedLink(linkPin(r.pinDir, k), nil)
 		if err != nil {
-			why = append(why, "no TCX link pin")
+			why = append(why, "no TCX link pin "+filepath.Base(linkPin(r.pinDir, k)))
 			break
 		}
 		info, err := lk.Info()
@@ -277,12 +371,14 @@ func (r *rig) checkWhole(v *inventory, a shaper.Attachment) {
 			why = append(why, "pinned link is not TCX")
 		case int(info.TCX().Ifindex) != a.Ifindex:
 			why = append(why, fmt.Sprintf("TCX link on ifindex %d", info.TCX().Ifindex))
-		case progNameOf(info.Program) != progName:
-			why = append(why, "TCX link runs another program")
+		case ebpf.AttachType(info.TCX().AttachType) != hookTCX(a.Hook):
+			why = append(why, fmt.Sprintf("TCX link at %s, want %s", ebpf.AttachType(info.TCX().AttachType), hookTCX(a.Hook)))
+		case progNameOf(info.Program) != prog:
+			why = append(why, fmt.Sprintf("TCX link runs %q, want %s", progNameOf(info.Program), prog))
 		}
 	case shaper.ModeLegacy:
-		if !hasOurFilter(h, l) {
-			why = append(why, "no netshape_edt filter at egress")
+		if !hasFilter(h, l, a.Hook, prog) {
+			why = append(why, fmt.Sprintf("no %s filter at %s", prog, side(a.Hook)))
 		}
 	default:
 		why = append(why, fmt.Sprintf("mode %d", a.Mode))
@@ -292,7 +388,17 @@ func (r *rig) checkWhole(v *inventory, a shaper.Attachment) {
 	}
 	if len(why) > 0 {
 		v.Broken = append(v.Broken, where+": "+strings.Join(why, ", "))
+		if v.BrokenDevs != nil {
+			v.BrokenDevs[k] = true
+		}
 	}
+}
+
+func side(h shaper.Hook) string {
+	if h == shaper.HookPolice {
+		return "ingress"
+	}
+	return "egress"
 }
 
 // nlAt is a netlink handle in the namespace at path ("" = ours).
@@ -329,20 +435,35 @@ func hasOurFq(h *netlink.Handle, l netlink.Link) bool {
 	return false
 }
 
-func hasOurFilter(h *netlink.Handle, l netlink.Link) bool {
-	fs, err := h.FilterList(l, netlink.HANDLE_MIN_EGRESS)
+// ourFilters lists the names of our cls_bpf filters at one hook's side of clsact (none
+// without clsact).
+func ourFilters(h *netlink.Handle, l netlink.Link, hook shaper.Hook) []string {
+	fs, err := h.FilterList(l, hookParent(hook))
 	if err != nil {
-		return false
+		return nil
 	}
+	var out []string
 	for _, f := range fs {
-		if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, progName) {
+		if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, "netshape_") {
+			out = append(out, bf.Name)
+		}
+	}
+	return out
+}
+
+// hasFilter: the hook's program as a cls_bpf filter at the hook's side. The kernel reports
+// the name cls_bpf was given ("netshape_police"), or with a section suffix.
+func hasFilter(h *netlink.Handle, l netlink.Link, hook shaper.Hook, prog string) bool {
+	for _, name := range ourFilters(h, l, hook) {
+		if name == prog || strings.HasPrefix(name, prog+":") {
 			return true
 		}
 	}
 	return false
 }
 
-// scanDevices records every device of one namespace that carries our fq or our filter.
+// scanDevices records every device of one namespace that carries our fq or one of our
+// filters, keyed by the hook that owns it; a filter of ours at the wrong side is misplaced.
 func scanDevices(v *inventory, nsPath string, ino uint64, label string) error {
 	h, closeNs, err := nlAt(nsPath)
 	if err != nil {
@@ -354,23 +475,40 @@ func scanDevices(v *inventory, nsPath string, ino uint64, label string) error {
 		return fmt.Errorf("list links in %s: %w", label, err)
 	}
 	for _, l := range links {
-		k := devKey{ino, l.Attrs().Index}
-		where := fmt.Sprintf("%s %s (%s)", label, l.Attrs().Name, k)
-		if hasOurFq(h, l) {
-			v.FqDevs[k] = where
-		}
-		if hasOurFilter(h, l) {
-			v.FilterDevs[k] = where
+		for _, hook := range hooks {
+			k := devKey{ino, l.Attrs().Index, hook}
+			where := fmt.Sprintf("%s %s (%s)", label, l.Attrs().Name, k)
+			if hook == shaper.HookShape && hasOurFq(h, l) {
+				v.FqDevs[k] = where
+			}
+			names := ourFilters(h, l, hook)
+			if len(names) > 0 {
+				v.FilterDevs[k] = where
+			}
+			for _, name := range names {
+				if name != hookProg(hook) && !strings.HasPrefix(name, hookProg(hook)+":") {
+					v.Misplaced = append(v.Misplaced, fmt.Sprintf("filter %s at %s of %s", name, side(hook), where))
+				}
+			}
+			if len(names) > 1 {
+				v.Misplaced = append(v.Misplaced, fmt.Sprintf("%d filters of ours at %s of %s", len(names), side(hook), where))
+			}
 		}
 	}
 	return nil
 }
 
+// budgetMaps are the pinned maps keyed by budget id: every named budget has an entry in each
+// (the policer's too, for every budget: pkg/shaper UpsertBudget), and no other.
+var budgetMaps = []string{"netshape_names", "netshape_cfg", "netshape_state", "netshape_stats",
+	"netshape_pcfg", "netshape_pstate", "netshape_pstats"}
+
 // countMaps counts the pinned maps' entries and checks the budget maps agree: every named
-// budget has config, state and counters, every config a name, every attachment a budget.
+// budget has config, state and counters (the shaper's and the policer's), every entry a name,
+// every attachment a budget.
 func (r *rig) countMaps(v *inventory) error {
 	keys := map[string]map[uint32]bool{}
-	for _, name := range []string{"netshape_names", "netshape_cfg", "netshape_state", "netshape_stats"} {
+	for _, name := range budgetMaps {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(r.pinDir, name), nil)
 		if err != nil {
 			return fmt.Errorf("open pinned map %s: %w", name, err)
@@ -394,21 +532,24 @@ func (r *rig) countMaps(v *inventory) error {
 		keys[name] = ids
 	}
 	v.Names, v.Cfg, v.State, v.Stats = len(keys["netshape_names"]), len(keys["netshape_cfg"]), len(keys["netshape_state"]), len(keys["netshape_stats"])
+	v.Pcfg, v.Pstate, v.Pstats = len(keys["netshape_pcfg"]), len(keys["netshape_pstate"]), len(keys["netshape_pstats"])
 	for id := range keys["netshape_names"] {
-		for _, other := range []string{"netshape_cfg", "netshape_state", "netshape_stats"} {
+		for _, other := range budgetMaps[1:] {
 			if !keys[other][id] {
 				v.Inconsistent = append(v.Inconsistent, fmt.Sprintf("budget %d named but missing in %s", id, other))
 			}
 		}
 	}
-	for id := range keys["netshape_cfg"] {
-		if !keys["netshape_names"][id] {
-			v.Inconsistent = append(v.Inconsistent, fmt.Sprintf("budget %d configured but not named", id))
+	for _, other := range budgetMaps[1:] {
+		for id := range keys[other] {
+			if !keys["netshape_names"][id] {
+				v.Inconsistent = append(v.Inconsistent, fmt.Sprintf("budget %d in %s but not named", id, other))
+			}
 		}
 	}
 	for _, a := range v.Atts {
-		if !keys["netshape_cfg"][a.BudgetID] {
-			v.Inconsistent = append(v.Inconsistent, fmt.Sprintf("attachment %s uses budget %d, which has no config", a.Device, a.BudgetID))
+		if !keys["netshape_cfg"][a.BudgetID] || !keys["netshape_pcfg"][a.BudgetID] {
+			v.Inconsistent = append(v.Inconsistent, fmt.Sprintf("%s attachment %s uses budget %d, which has no config", a.Hook, a.Device, a.BudgetID))
 		}
 	}
 
@@ -439,9 +580,10 @@ func (r *rig) countMaps(v *inventory) error {
 	return nil
 }
 
-// countKernel counts netshape_edt programs and the TCX links running one, kernel-wide.
+// countKernel counts our programs (netshape_edt, netshape_police) and the TCX links running
+// one, kernel-wide.
 func countKernel(v *inventory) error {
-	ours := map[ebpf.ProgramID]bool{}
+	ours := map[ebpf.ProgramID]string{}
 	for id := ebpf.ProgramID(0); ; {
 		next, err := ebpf.ProgramGetNextID(id)
 		if errors.Is(err, os.ErrNotExist) {
@@ -451,8 +593,12 @@ func countKernel(v *inventory) error {
 			return fmt.Errorf("list programs: %w", err)
 		}
 		id = next
-		if progNameOf(id) == progName {
-			ours[id] = true
+		switch name := progNameOf(id); name {
+		case policeName:
+			v.PoliceProgs++
+			fallthrough
+		case progName:
+			ours[id] = name
 			v.Progs++
 		}
 	}
@@ -463,8 +609,11 @@ func countKernel(v *inventory) error {
 		if err != nil {
 			continue // gone while we looked
 		}
-		if info.Type == link.TCXType && ours[info.Program] {
+		if name, ok := ours[info.Program]; ok && info.Type == link.TCXType {
 			v.TCXLinks++
+			if name == policeName {
+				v.PoliceLinks++
+			}
 		}
 	}
 	if err := it.Err(); err != nil {
@@ -486,40 +635,58 @@ func progNameOf(id ebpf.ProgramID) string {
 	return info.Name
 }
 
-// expectShaped checks that every container's eth0 is recorded with its app's egress budget and
-// its host peer with the ingress budget, and that those attachments are whole.
+// expected is one attachment a running container must have.
+type expected struct {
+	what string // for messages
+	key  devKey
+	dir  string // whose budget it enforces: the app's egress or ingress
+}
+
+// attachmentsOf are a container's three attachments: its app egress shaped at eth0, the
+// same budget policed at the host-side peer's ingress (the backstop), and its app ingress
+// shaped at the host-side peer.
+func (r *rig) attachmentsOf(c ctr) []expected {
+	return []expected{
+		{"egress", c.egressDev(), "egress"},
+		{"egress backstop", c.policeDev(r.hostNetnsIno), "egress"},
+		{"ingress", c.ingressDev(r.hostNetnsIno), "ingress"},
+	}
+}
+
+// expectShaped checks that each container has its three attachments recorded with its app's
+// budgets, and that they are whole.
 func (r *rig) expectShaped(v *inventory, cs []ctr, budget func(c ctr, dir string) string) error {
-	broken := strings.Join(v.Broken, "\n")
 	var errs []error
 	for _, c := range cs {
-		for _, d := range []struct {
-			dir string
-			key devKey
-		}{{"egress", c.egressDev()}, {"ingress", c.ingressDev(r.hostNetnsIno)}} {
+		for _, d := range r.attachmentsOf(c) {
 			a, ok := v.ByDev[d.key]
 			want := budget(c, d.dir)
 			switch {
 			case !ok:
-				errs = append(errs, fmt.Errorf("%s %s (%s): not recorded", c.Name, d.dir, d.key))
+				errs = append(errs, fmt.Errorf("%s %s (%s): not recorded", c.Name, d.what, d.key))
 			case a.Budget != want:
-				errs = append(errs, fmt.Errorf("%s %s: budget %q, want %q", c.Name, d.dir, a.Budget, want))
-			case strings.Contains(broken, fmt.Sprintf("(%d/%d,", d.key.Ino, d.key.Ifindex)):
-				errs = append(errs, fmt.Errorf("%s %s: attachment not whole", c.Name, d.dir))
+				errs = append(errs, fmt.Errorf("%s %s: budget %q, want %q", c.Name, d.what, a.Budget, want))
+			case v.BrokenDevs[d.key]:
+				errs = append(errs, fmt.Errorf("%s %s: attachment not whole", c.Name, d.what))
 			}
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// expectClean: exactly the containers' devices are recorded, each whole, with the expected
-// budgets, and nothing else of ours exists (no stale record, no half-made device, no stray pin).
+// expectClean: exactly the containers' attachments are recorded, each whole, with the
+// expected budgets, and nothing else of ours exists (no stale record, no half-made device, no
+// stray pin).
 func (r *rig) expectClean(v *inventory, cs []ctr, budget func(c ctr, dir string) string) error {
 	var errs []error
 	if err := r.expectShaped(v, cs, budget); err != nil {
 		errs = append(errs, err)
 	}
-	if len(v.Atts) != 2*len(cs) {
-		errs = append(errs, fmt.Errorf("%d attachments recorded for %d containers (want %d)", len(v.Atts), len(cs), 2*len(cs)))
+	if len(v.Atts) != 3*len(cs) {
+		errs = append(errs, fmt.Errorf("%d attachments recorded for %d containers (want %d: 3 each)", len(v.Atts), len(cs), 3*len(cs)))
+	}
+	if n := v.hookRecorded(shaper.HookPolice); n != len(cs) {
+		errs = append(errs, fmt.Errorf("%d backstop attachments recorded for %d containers", n, len(cs)))
 	}
 	for _, l := range v.Leaks() {
 		errs = append(errs, errors.New(l))
@@ -531,19 +698,19 @@ func (r *rig) expectClean(v *inventory, cs []ctr, budget func(c ctr, dir string)
 func defaultBudget(c ctr, dir string) string { return c.App + "/_default_/" + dir }
 
 // shapedNow is the light check for polling: the registry and the wholeness of the given
-// containers' own devices, without the full inventory's scans.
+// containers' own attachments, without the full inventory's scans.
 func (r *rig) shapedNow(cs []ctr, budget func(c ctr, dir string) string) error {
 	atts, err := r.attachments()
 	if err != nil {
 		return err
 	}
-	v := &inventory{ByDev: map[devKey]shaper.Attachment{}}
+	v := &inventory{ByDev: map[devKey]shaper.Attachment{}, BrokenDevs: map[devKey]bool{}}
 	for _, a := range atts {
-		v.ByDev[devKey{a.NetnsIno, a.Ifindex}] = a
+		v.ByDev[keyOf(a)] = a
 	}
 	for _, c := range cs {
-		for _, k := range []devKey{c.egressDev(), c.ingressDev(r.hostNetnsIno)} {
-			if a, ok := v.ByDev[k]; ok {
+		for _, d := range r.attachmentsOf(c) {
+			if a, ok := v.ByDev[d.key]; ok {
 				r.checkWhole(v, a)
 			}
 		}

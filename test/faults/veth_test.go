@@ -34,8 +34,9 @@ func TestVMFaultVethDeletedMidApply(t *testing.T) {
 	}
 	devs := map[devKey]bool{}
 	for _, c := range cs {
-		devs[c.egressDev()] = true
-		devs[c.ingressDev(r.hostNetnsIno)] = true
+		for _, k := range c.devs(r.hostNetnsIno) {
+			devs[k] = true
+		}
 	}
 	recorded := func() map[devKey]bool {
 		atts, err := r.attachments()
@@ -44,14 +45,14 @@ func TestVMFaultVethDeletedMidApply(t *testing.T) {
 		}
 		got := map[devKey]bool{}
 		for _, a := range atts {
-			if k := (devKey{a.NetnsIno, a.Ifindex}); devs[k] {
+			if k := keyOf(a); devs[k] {
 				got[k] = true
 			}
 		}
 		return got
 	}
 
-	// At the first recorded device, delete the veth of a container apply has not reached:
+	// At the first recorded attachment, delete the veth of a container apply has not reached:
 	// the last by name with nothing recorded (apply lists, then attaches, in name order).
 	p := r.start("apply", app)
 	var atDel int
@@ -62,7 +63,7 @@ func TestVMFaultVethDeletedMidApply(t *testing.T) {
 			continue
 		}
 		for i := n - 1; i >= 0 && vi < 0; i-- {
-			if !got[cs[i].egressDev()] && !got[cs[i].ingressDev(r.hostNetnsIno)] {
+			if !anyOf(got, cs[i].devs(r.hostNetnsIno)) {
 				vi = i
 			}
 		}
@@ -73,7 +74,7 @@ func TestVMFaultVethDeletedMidApply(t *testing.T) {
 		if err := netlink.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: cs[vi].Pair.HostIf.Index}}); err != nil {
 			t.Fatalf("delete %s: %v", cs[vi].Pair.HostIf.Name, err)
 		}
-		if late := recorded(); late[cs[vi].egressDev()] || late[cs[vi].ingressDev(r.hostNetnsIno)] {
+		if late := recorded(); anyOf(late, cs[vi].devs(r.hostNetnsIno)) {
 			// apply recorded the victim between our look and the delete: not the fault we want.
 			p.wait(90 * time.Second)
 			t.Fatalf("apply reached %s before its veth was deleted (%d of %d recorded at the look)", cs[vi].Name, atDel, len(devs))
@@ -82,7 +83,7 @@ func TestVMFaultVethDeletedMidApply(t *testing.T) {
 	}
 	if vi < 0 {
 		p.wait(90 * time.Second)
-		t.Fatalf("no veth deleted mid-apply: %d of %d devices recorded at the first look, none left unreached:\n%s", atDel, len(devs), p.log)
+		t.Fatalf("no veth deleted mid-apply: %d of %d attachments recorded at the first look, none left unreached:\n%s", atDel, len(devs), p.log)
 	}
 	victim := cs[vi]
 	rest := append(append([]ctr{}, cs[:vi]...), cs[vi+1:]...)
@@ -91,12 +92,12 @@ func TestVMFaultVethDeletedMidApply(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := p.log.String()
-	t.Logf("apply (exit %d) with %s deleted after %d of %d devices were recorded:\n%s",
+	t.Logf("apply (exit %d) with %s deleted after %d of %d attachments were recorded:\n%s",
 		code, victim.Pair.HostIf.Name, atDel, len(devs), out)
 	// The fault was hit mid-apply: apply had started recording and had not reached the victim;
 	// that it had planned the victim's devices shows below, where it names them as not enforced.
 	if atDel >= len(devs)-1 {
-		t.Fatalf("veth deleted with %d of %d devices recorded: not mid-apply", atDel, len(devs))
+		t.Fatalf("veth deleted with %d of %d attachments recorded: not mid-apply", atDel, len(devs))
 	}
 	if code == 0 {
 		t.Errorf("apply exited 0 although %s's devices vanished under it", victim.Name)
@@ -121,7 +122,7 @@ func TestVMFaultVethDeletedMidApply(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []devKey{victim.egressDev(), victim.ingressDev(r.hostNetnsIno)} {
+	for _, k := range victim.devs(r.hostNetnsIno) {
 		if _, ok := v.ByDev[k]; ok {
 			t.Errorf("a record was left for the deleted device %s", k)
 		}
@@ -145,4 +146,14 @@ func TestVMFaultVethDeletedMidApply(t *testing.T) {
 		t.Errorf("after the next apply: %v\n%s", err, v)
 	}
 	t.Logf("after the next apply: %s", v)
+}
+
+// anyOf reports whether any of keys is in set.
+func anyOf(set map[devKey]bool, keys []devKey) bool {
+	for _, k := range keys {
+		if set[k] {
+			return true
+		}
+	}
+	return false
 }
