@@ -404,7 +404,11 @@ func TestVMCNIBandwidthEnforcesTheAnnotations(t *testing.T) {
 	// burst is the runtime's. So the same pod is set up again with the same rates and a 1 Mbit
 	// burst, and TCP is measured through that.
 	cniInvoke(t, plugin, "DEL", containerID, pod.Path, hostIf, bw)
-	exec.Command("tc", "qdisc", "del", "dev", hostIf, "root").Run() // whether or not DEL took it
+	// DEL removes the plugin's ifb; its qdiscs on the host veth stay behind (the pod's veth would
+	// normally go with the pod), and ADD would find them.
+	for _, q := range []string{"root", "ingress"} {
+		exec.Command("tc", "qdisc", "del", "dev", hostIf, q).Run()
+	}
 	small := maps.Clone(bw)
 	small["egressBurst"], small["ingressBurst"] = 1_000_000, 1_000_000
 	cniInvoke(t, plugin, "ADD", containerID, pod.Path, hostIf, small)
