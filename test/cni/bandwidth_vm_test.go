@@ -272,7 +272,9 @@ func measure(sink *discardSink, addr string, dial traffic.DialFunc, rateBits flo
 		case now := <-tick.C:
 			b := sink.bytes.Load()
 			samples = append(samples, sample{now, b})
-			if !shaped && float64(b)*res.wire >= float64(bucket)+rateBits/8*now.Sub(start).Seconds() {
+			// A bucket under a second of tokens has nothing to drain: only the last second's rate counts.
+			small := float64(bucket) < rateBits/8
+			if !shaped && (small || float64(b)*res.wire >= float64(bucket)+rateBits/8*now.Sub(start).Seconds()) {
 				// Rate over the last second, in wire bits.
 				i := len(samples) - 1
 				for i > 0 && now.Sub(samples[i].at) < time.Second {
