@@ -285,8 +285,16 @@ func watchStarts(t *testing.T, n int, budget time.Duration, metric string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := checkShaped(r.pinDir, watchApp, []box{b}); err != nil {
-		t.Fatalf("after %d starts: %v", n, err)
+	// The last old container's exit is reconciled asynchronously (coalesced, at most 2 s after
+	// it): the settled-reconcile line above can be an earlier one. Wait, bounded, for the end state.
+	var shapedErr error
+	for end := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if shapedErr = checkShaped(r.pinDir, watchApp, []box{b}); shapedErr == nil || time.Now().After(end) {
+			break
+		}
+	}
+	if shapedErr != nil {
+		t.Fatalf("after %d starts: %v", len(samples), shapedErr)
 	}
 	lat := make([]float64, len(samples))
 	var shape, evt []float64
