@@ -196,44 +196,14 @@ func netshape(ctx context.Context, env []string, argv0 string, args ...string) (
 // enforces the app's egress budget and its host peer the ingress budget and the egress budget's
 // backstop — one budget per direction for all of them — and that the devices carry fq as root qdisc.
 func checkShaped(pinDir, app string, boxes []box) error {
-	s, err := shaper.Open(shaper.Options{PinDir: pinDir})
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	atts, err := s.Attachments()
-	if err != nil {
-		return err
-	}
-	hostIno, err := inode("/proc/1/ns/net")
+	byDev, perBudget, hostIno, err := appAttachments(pinDir, app)
 	if err != nil {
 		return err
 	}
 	egress, ingress := app+"/_default_/egress", app+"/_default_/ingress"
-	type key struct {
-		ino  uint64
-		idx  int
-		hook shaper.Hook
-	}
-	byDev := map[key]string{}
-	perBudget := map[string]int{}
-	for _, a := range atts {
-		if strings.HasPrefix(a.Budget, app+"/") {
-			byDev[key{a.NetnsIno, a.Ifindex, a.Hook}] = a.Budget
-			perBudget[a.Budget+" "+a.Hook.String()]++
-		}
-	}
 	var errs []error
 	for _, b := range boxes {
-		if got := byDev[key{b.NetnsIno, b.Pair.ContainerIf.Index, shaper.HookShape}]; got != egress {
-			errs = append(errs, fmt.Errorf("%s eth0: budget %q, want %q", b.Name, got, egress))
-		}
-		if got := byDev[key{hostIno, b.Pair.HostIf.Index, shaper.HookShape}]; got != ingress {
-			errs = append(errs, fmt.Errorf("%s host peer %s: budget %q, want %q", b.Name, b.Pair.HostIf.Name, got, ingress))
-		}
-		if got := byDev[key{hostIno, b.Pair.HostIf.Index, shaper.HookPolice}]; got != egress {
-			errs = append(errs, fmt.Errorf("%s host peer %s: backstop of budget %q, want %q", b.Name, b.Pair.HostIf.Name, got, egress))
-		}
+		errs = append(errs, boxErrs(byDev, hostIno, app, b)...)
 		if err := rootFq("nsenter", "--net="+veth.PidNetns(b.Pid), "tc", "qdisc", "show", "dev", "eth0", "root"); err != nil {
 			errs = append(errs, fmt.Errorf("%s eth0: %w", b.Name, err))
 		}
@@ -247,6 +217,57 @@ func checkShaped(pinDir, app string, boxes []box) error {
 		errs = append(errs, fmt.Errorf("attachments per budget %v, want %d on each of %s, its backstop and %s", perBudget, len(boxes), egress, ingress))
 	}
 	return errors.Join(errs...)
+}
+
+// attKey is one device and hook in the pinned registry.
+type attKey struct {
+	ino  uint64
+	idx  int
+	hook shaper.Hook
+}
+
+// appAttachments reads the app's attachments from the pinned state: budget by device and hook,
+// the count per "budget hook", and the host namespace's inode.
+func appAttachments(pinDir, app string) (map[attKey]string, map[string]int, uint64, error) {
+	s, err := shaper.Open(shaper.Options{PinDir: pinDir})
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	defer s.Close()
+	atts, err := s.Attachments()
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	hostIno, err := inode("/proc/1/ns/net")
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	byDev := map[attKey]string{}
+	perBudget := map[string]int{}
+	for _, a := range atts {
+		if strings.HasPrefix(a.Budget, app+"/") {
+			byDev[attKey{a.NetnsIno, a.Ifindex, a.Hook}] = a.Budget
+			perBudget[a.Budget+" "+a.Hook.String()]++
+		}
+	}
+	return byDev, perBudget, hostIno, nil
+}
+
+// boxErrs checks the three attachments of one box: eth0 shapes the app's egress budget, its host
+// peer polices that budget (the backstop) and shapes the ingress one.
+func boxErrs(byDev map[attKey]string, hostIno uint64, app string, b box) []error {
+	egress, ingress := app+"/_default_/egress", app+"/_default_/ingress"
+	var errs []error
+	if got := byDev[attKey{b.NetnsIno, b.Pair.ContainerIf.Index, shaper.HookShape}]; got != egress {
+		errs = append(errs, fmt.Errorf("%s eth0: budget %q, want %q", b.Name, got, egress))
+	}
+	if got := byDev[attKey{hostIno, b.Pair.HostIf.Index, shaper.HookShape}]; got != ingress {
+		errs = append(errs, fmt.Errorf("%s host peer %s: budget %q, want %q", b.Name, b.Pair.HostIf.Name, got, ingress))
+	}
+	if got := byDev[attKey{hostIno, b.Pair.HostIf.Index, shaper.HookPolice}]; got != egress {
+		errs = append(errs, fmt.Errorf("%s host peer %s: backstop of budget %q, want %q", b.Name, b.Pair.HostIf.Name, got, egress))
+	}
+	return errs
 }
 
 func rootFq(args ...string) error {

@@ -5,6 +5,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -189,44 +190,14 @@ func (r *watchRig) shaped(id string, from int, kind string) startSample {
 	return s
 }
 
-// boxShaped: the box's eth0 enforces the app's egress budget, its host peer polices the egress
-// budget (the backstop) and shapes the ingress one.
+// boxShaped: the box's three attachments (eth0, its host peer's backstop and shaper), without
+// checkShaped's "nothing else" count: mid-sequence the old container may still be shaped.
 func boxShaped(pinDir, app string, b box) error {
-	s, err := shaper.Open(shaper.Options{PinDir: pinDir})
+	byDev, _, hostIno, err := appAttachments(pinDir, app)
 	if err != nil {
 		return err
 	}
-	defer s.Close()
-	atts, err := s.Attachments()
-	if err != nil {
-		return err
-	}
-	hostIno, err := inode("/proc/1/ns/net")
-	if err != nil {
-		return err
-	}
-	budgetOf := func(ino uint64, idx int, hook shaper.Hook) string {
-		for _, a := range atts {
-			if a.NetnsIno == ino && a.Ifindex == idx && a.Hook == hook {
-				return a.Budget
-			}
-		}
-		return ""
-	}
-	var errs []string
-	if got, want := budgetOf(b.NetnsIno, b.Pair.ContainerIf.Index, shaper.HookShape), app+"/_default_/egress"; got != want {
-		errs = append(errs, fmt.Sprintf("eth0 on %q, want %q", got, want))
-	}
-	if got, want := budgetOf(hostIno, b.Pair.HostIf.Index, shaper.HookPolice), app+"/_default_/egress"; got != want {
-		errs = append(errs, fmt.Sprintf("%s backstop on %q, want %q", b.Pair.HostIf.Name, got, want))
-	}
-	if got, want := budgetOf(hostIno, b.Pair.HostIf.Index, shaper.HookShape), app+"/_default_/ingress"; got != want {
-		errs = append(errs, fmt.Sprintf("%s on %q, want %q", b.Pair.HostIf.Name, got, want))
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("%s", strings.Join(errs, "; "))
-	}
-	return nil
+	return errors.Join(boxErrs(byDev, hostIno, app, b)...)
 }
 
 // watchStarts alternates a deploy (new container started, old one removed) and a restart of
