@@ -61,7 +61,7 @@ func TestRootBadInput(t *testing.T) {
 		argv  []string // after "dokku-netshape", unless argv0 is set
 		argv0 string
 		env   map[string]string
-		want  string // the one stderr line, without Dokku's "!     " prefix
+		want  string // the one stderr line, without Dokku's " !     " prefix
 	}
 	cases := []tc{
 		// App names.
@@ -192,10 +192,10 @@ func TestRootBadInput(t *testing.T) {
 				argv0 = "dokku-netshape"
 			}
 			o := capture(t, append([]string{argv0}, c.argv...)...)
-			if o.code == 0 {
-				t.Errorf("exit 0, want non-zero\n%s", o)
+			if o.code != exitRefused {
+				t.Errorf("exit %d, want %d (refused, nothing changed)\n%s", o.code, exitRefused, o)
 			}
-			if want := "!     " + c.want + "\n"; o.stderr != want || o.stdout != "" {
+			if want := " !     " + c.want + "\n"; o.stderr != want || o.stdout != "" {
 				t.Errorf("output\n%s\nwant stderr exactly\n%s", o, want)
 			}
 			if d := diffSnapshots(tree, treeSnapshot(t, base)); len(d) > 0 {

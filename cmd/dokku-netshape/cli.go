@@ -278,7 +278,8 @@ func runSet(c *cli.Context) error {
 		}
 		errs = append(errs, asRoot(c.Context, args, func() error { return applyApps(c.Context, []string{app}, c.Bool("force")) }))
 	}
-	return errors.Join(errs...)
+	// Everything is saved by now: a failure here is "saved, not in force".
+	return notEnforced(errors.Join(errs...))
 }
 
 func procLabel(proc string) string {
@@ -324,8 +325,10 @@ func runClear(c *cli.Context) error {
 		return err
 	}
 	var scopes []k3s.Scope
+	var cleared clearedNetwork
 	err = env.Change(configLockTimeout, func(env dokku.Env) error {
-		if err := clearNetwork(env, app, proc, egress, ingress); err != nil {
+		var err error
+		if cleared, err = clearNetwork(env, app, proc, egress, ingress); err != nil {
 			return err
 		}
 		if all {
@@ -343,13 +346,13 @@ func runClear(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("-----> Cleared %s network limits of %s\n", procLabel(proc), app)
+	fmt.Println(cleared.message(app, proc, egress, ingress))
 	if proc != reconcile.DefaultScope {
 		// The process type now follows the app-wide limits, if any: say so.
 		if res, err := env.ResourceLimits(app, proc); err == nil {
 			for _, s := range []dokku.Setting{res.NetworkEgress, res.NetworkIngress} {
 				if s.IsSet() {
-					fmt.Printf("       %s still follows the app-wide %s = %s\n", proc, s.Key, s.Value)
+					fmt.Printf("%s%s still follows the app-wide %s = %s\n", verbose, proc, s.Key, s.Value)
 				}
 			}
 		}
@@ -364,28 +367,57 @@ func runClear(c *cli.Context) error {
 	if c.Bool("no-apply") {
 		return nil
 	}
-	return asRoot(c.Context, []string{"apply", app}, func() error { return applyApps(c.Context, []string{app}, false) })
+	// Cleared is saved: whatever stops the apply now leaves the old limit
+	// in force, which is "saved, not in force".
+	return notEnforced(asRoot(c.Context, []string{"apply", app}, func() error { return applyApps(c.Context, []string{app}, false) }))
+}
+
+// clearedNetwork is what clearNetwork removed and kept, for its message.
+type clearedNetwork struct {
+	cleared []string // "egress limit (20mbit)", in the order egress, ingress
+	kept    string   // "ingress limit (20mbit)": the other half of Dokku's "network" key
 }
 
 // clearNetwork removes one or both directions. Dokku's "network" key means
 // both: clearing one direction keeps the other at the same rate.
-func clearNetwork(env dokku.Env, app, proc string, egress, ingress bool) error {
+func clearNetwork(env dokku.Env, app, proc string, egress, ingress bool) (clearedNetwork, error) {
+	var out clearedNetwork
 	props := env.Properties(dokku.ResourcePlugin)
 	key := func(t dokku.ResourceType) string { return dokku.ResourceKey(proc, dokku.Limit, t) }
-	both, hasBoth, err := props.Get(app, key(dokku.Network))
+	get := func(t dokku.ResourceType) (string, bool, error) { return props.Get(app, key(t)) }
+	both, hasBoth, err := get(dokku.Network)
 	if err != nil {
-		return err
+		return out, err
+	}
+	for _, d := range []struct {
+		on  bool
+		typ dokku.ResourceType
+	}{{egress, dokku.NetworkEgress}, {ingress, dokku.NetworkIngress}} {
+		v, set, err := get(d.typ)
+		if err != nil {
+			return out, err
+		}
+		if !set && hasBoth {
+			v, set = both, true
+		}
+		dir := strings.TrimPrefix(string(d.typ), "network-")
+		switch {
+		case d.on && set:
+			out.cleared = append(out.cleared, dir+" limit ("+v+")")
+		case !d.on && set && hasBoth:
+			out.kept = dir + " limit (" + v + ")"
+		}
 	}
 	if hasBoth && egress != ingress {
 		keep := dokku.NetworkIngress
 		if ingress {
 			keep = dokku.NetworkEgress
 		}
-		if _, set, err := props.Get(app, key(keep)); err != nil {
-			return err
+		if _, set, err := get(keep); err != nil {
+			return out, err
 		} else if !set {
 			if err := env.SetResource(app, proc, dokku.Limit, keep, both); err != nil {
-				return err
+				return out, err
 			}
 		}
 	}
@@ -401,10 +433,29 @@ func clearNetwork(env dokku.Env, app, proc string, egress, ingress bool) error {
 	}
 	for _, t := range drop {
 		if err := env.SetResource(app, proc, dokku.Limit, t, "clear"); err != nil {
-			return fmt.Errorf("clear %s limit of %s: %w", t, app, err)
+			return out, fmt.Errorf("clear %s limit of %s: %w", t, app, err)
 		}
 	}
-	return nil
+	return out, nil
+}
+
+// message says exactly which limits of proc went, or that none was set.
+func (c clearedNetwork) message(app, proc string, egress, ingress bool) string {
+	if len(c.cleared) == 0 {
+		var what []string
+		if egress {
+			what = append(what, "egress")
+		}
+		if ingress {
+			what = append(what, "ingress")
+		}
+		return fmt.Sprintf("%sNo %s %s limit set for %s: nothing to clear", info1, procLabel(proc), strings.Join(what, " or "), app)
+	}
+	msg := fmt.Sprintf("%sCleared the %s %s of %s", info1, procLabel(proc), strings.Join(c.cleared, " and "), app)
+	if c.kept != "" {
+		msg += "\n" + verbose + "The " + procLabel(proc) + " " + c.kept + " stays (it was set for both directions)"
+	}
+	return msg
 }
 
 func applyCommand() *cli.Command {
@@ -509,7 +560,7 @@ func withReconciler(ctx context.Context, force bool, fn func(*reconcile.Reconcil
 		return fmt.Errorf("connect to Docker: %w", err)
 	}
 	defer docker.Close()
-	return fn(&reconcile.Reconciler{Env: dokku.EnvFromOS(), Docker: docker, Shaper: s, Force: force, Log: os.Stderr})
+	return fn(&reconcile.Reconciler{Env: dokku.EnvFromOS(), Docker: docker, Shaper: s, Force: force})
 }
 
 func applyApps(ctx context.Context, apps []string, force bool) error {
@@ -526,32 +577,9 @@ func reconcileApps(ctx context.Context, r *reconcile.Reconciler, apps []string) 
 			continue
 		}
 		printResult(res)
-		if err := res.Err(); err != nil {
-			errs = append(errs, fmt.Errorf("%s: limits saved but not enforced everywhere (traffic there passes unshaped): %w", app, err))
-		}
+		errs = append(errs, notInForce(res))
 	}
 	return errors.Join(errs...)
-}
-
-func printResult(res reconcile.Result) {
-	for _, s := range res.Shaped {
-		what := string(s.Direction)
-		if s.Backstop() {
-			what += " backstop on " + s.Device.Name
-		}
-		fmt.Printf("-----> %s %s %s: %s\n", s.Container, s.Interface, what, res.BudgetLabel(s.Budget))
-	}
-	for _, u := range res.Unshaped {
-		if u.Err == nil {
-			fmt.Printf("       %s: not shaped: %s\n", u.Container, u.Reason)
-		}
-	}
-	for _, w := range res.Warnings {
-		fmt.Printf(" !     warning: %s\n", w)
-	}
-	for _, a := range res.Removed {
-		fmt.Printf("-----> detached %s from %s\n", a.Device, res.BudgetLabel(a.Budget))
-	}
 }
 
 // asRoot runs fn when root, else re-runs this binary with args through

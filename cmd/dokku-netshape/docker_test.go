@@ -99,12 +99,13 @@ func TestDockerSetEgressWithoutFq(t *testing.T) {
 
 	o := capture(t, "dokku-netshape", "set", app, "--egress", "20mbit")
 	t.Logf("%s", o)
-	if o.code == 0 {
-		t.Fatalf("set --egress without fq exited 0:\n%s", o)
+	if o.code != exitNotEnforced {
+		t.Fatalf("set --egress without fq exited %d, want %d (saved, not in force):\n%s", o.code, exitNotEnforced, o)
 	}
-	wantErr := fmt.Sprintf("!     %s: limits saved but not enforced everywhere (traffic there passes unshaped): %s.web.1 %s egress: ", app, app, eth)
-	if !strings.Contains(o.stderr, wantErr) || !strings.Contains(o.stderr, "the kernel has no fq qdisc (sch_fq)") {
-		t.Errorf("stderr does not name the device and the missing fq:\n%s\nwant it to contain\n%s", o.stderr, wantErr)
+	// One line for the one container and direction, the fix once, the summary.
+	wantErr := fmt.Sprintf(" !     %s.web.1 %s egress: NOT ENFORCED, traffic passes unshaped: kernel lacks sch_fq", app, eth)
+	if !strings.HasPrefix(o.stderr, wantErr) || strings.Count(o.stderr, "NOT ENFORCED") != 1 || strings.Count(o.stderr, " !     To fix: ") != 1 {
+		t.Errorf("stderr does not name the device and the missing fq once:\n%s\nwant it to start with\n%s", o.stderr, wantErr)
 	}
 	if got := qdiscs(t, pid, ""); got != inside {
 		t.Errorf("container qdiscs changed:\n%s\n---\n%s", inside, got)
@@ -147,10 +148,13 @@ func TestDockerBlkioDoesNotBlockLaterSets(t *testing.T) {
 }
 
 // TestDockerReport checks report's three formats against golden files, for
-// an app with limits and one running container (not shaped: nothing was
-// applied). The random app name is replaced by APP.
+// an app with limits and one running container (not shaped: the kernel has
+// no fq, and report says that is why). The random app name is replaced by APP.
 func TestDockerReport(t *testing.T) {
 	nettest.RequireRoot(t)
+	if nettest.HaveFq(t) {
+		t.Skip("the goldens hold the causes of a kernel without sch_fq (the dev/CI host); with fq: TestRootFqOutputGolden")
+	}
 	cli := dockertest.Need(t)
 	e := newCLIEnv(t)
 	app, _, _ := dokkuApp(t, e, cli)
@@ -218,12 +222,12 @@ func TestDockerPostDeploy(t *testing.T) {
 		t.Fatalf("post-deploy failed the deploy:\n%s", o)
 	}
 	for _, want := range []string{
-		"netshape: LIMIT NOT ENFORCED for " + app + " container " + app + ".web.1 eth0 egress",
-		" !     netshape: limits of " + app + " not (fully) enforced: ",
-		"the kernel has no fq qdisc (sch_fq)",
+		" !     " + app + ".web.1 eth0 egress: NOT ENFORCED, traffic passes unshaped: kernel lacks sch_fq",
+		" !     " + app + ".web.1 eth0 ingress: NOT ENFORCED, traffic passes unshaped: kernel lacks sch_fq",
+		" !     " + app + ": network limits saved but not in force everywhere (2 problem(s) above)",
 	} {
-		if !strings.Contains(o.stderr, want) {
-			t.Errorf("post-deploy stderr lacks %q:\n%s", want, o.stderr)
+		if strings.Count(o.stderr, want) != 1 {
+			t.Errorf("post-deploy stderr lacks %q once:\n%s", want, o.stderr)
 		}
 	}
 	if got := qdiscs(t, pid, ""); got != inside {

@@ -86,17 +86,26 @@ func TestClearNetwork(t *testing.T) {
 		setup  map[string]string // resource key -> value
 		args   []string
 		remain map[string]string
+		say    string // what the first line says was cleared
 	}{
 		{"egress-of-network-keeps-ingress", map[string]string{"_default_.limit.network": "20mbit"},
-			[]string{"--egress"}, map[string]string{"_default_.limit.network-ingress": "20mbit"}},
+			[]string{"--egress"}, map[string]string{"_default_.limit.network-ingress": "20mbit"},
+			"Cleared the app-wide egress limit (20mbit) of shop\n       The app-wide ingress limit (20mbit) stays (it was set for both directions)"},
 		{"ingress-of-network-keeps-egress", map[string]string{"_default_.limit.network": "20mbit"},
-			[]string{"--ingress"}, map[string]string{"_default_.limit.network-egress": "20mbit"}},
+			[]string{"--ingress"}, map[string]string{"_default_.limit.network-egress": "20mbit"},
+			"Cleared the app-wide ingress limit (20mbit) of shop\n       The app-wide egress limit (20mbit) stays (it was set for both directions)"},
 		{"own-ingress-wins-over-network", map[string]string{"_default_.limit.network": "20mbit", "_default_.limit.network-ingress": "5mbit"},
-			[]string{"--egress"}, map[string]string{"_default_.limit.network-ingress": "5mbit"}},
+			[]string{"--egress"}, map[string]string{"_default_.limit.network-ingress": "5mbit"},
+			"Cleared the app-wide egress limit (20mbit) of shop\n       The app-wide ingress limit (5mbit) stays (it was set for both directions)"},
 		{"both", map[string]string{"_default_.limit.network": "20mbit", "_default_.limit.network-egress": "1mbit", "_default_.limit.memory": "512m"},
-			[]string{"--egress", "--ingress"}, map[string]string{"_default_.limit.memory": "512m"}},
+			[]string{"--egress", "--ingress"}, map[string]string{"_default_.limit.memory": "512m"},
+			"Cleared the app-wide egress limit (1mbit) and ingress limit (20mbit) of shop"},
 		{"process-scope-only", map[string]string{"web.limit.network-egress": "1mbit", "_default_.limit.network-egress": "2mbit"},
-			[]string{"--egress", "--process-type", "web"}, map[string]string{"_default_.limit.network-egress": "2mbit"}},
+			[]string{"--egress", "--process-type", "web"}, map[string]string{"_default_.limit.network-egress": "2mbit"},
+			"Cleared the web egress limit (1mbit) of shop"},
+		{"nothing-set", map[string]string{"_default_.limit.network-egress": "2mbit"},
+			[]string{"--ingress"}, map[string]string{"_default_.limit.network-egress": "2mbit"},
+			"No app-wide ingress limit set for shop: nothing to clear"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newCLIEnv(t)
@@ -105,11 +114,7 @@ func TestClearNetwork(t *testing.T) {
 				e.SetProperty("resource", "shop", k, v)
 			}
 			o := mustRun(t, append([]string{"dokku-netshape", "clear", "shop", "--no-apply"}, tc.args...)...)
-			scope := "app-wide"
-			if slices.Contains(tc.args, "web") {
-				scope = "web"
-			}
-			want := "-----> Cleared " + scope + " network limits of shop\n"
+			want := "-----> " + tc.say + "\n"
 			if tc.name == "process-scope-only" {
 				want += "       web still follows the app-wide _default_.limit.network-egress = 2mbit\n"
 			}
@@ -186,7 +191,7 @@ func TestSetResourceLimitsAndDockerOptions(t *testing.T) {
 	e.SetResource("shop", "", dokku.Limit, dokku.Network, "20mbit")
 	e.SetResource("shop", "", dokku.Reserve, dokku.Memory, "128m") // not ours to clear
 	o = mustRun(t, "dokku-netshape", "clear", "shop", "--all", "--no-apply")
-	want = "-----> Cleared app-wide network limits of shop\n" +
+	want = "-----> Cleared the app-wide egress limit (20mbit) and ingress limit (20mbit) of shop\n" +
 		"-----> Cleared app-wide memory, CPU and blkio limits of shop (running containers keep theirs until the next deploy: Docker cannot remove a limit live)\n"
 	if o.stdout != want {
 		t.Errorf("output\n%s\nwant\n%s", o, want)
@@ -216,7 +221,7 @@ func TestSetLegacyDockerOptionsFile(t *testing.T) {
 	}
 	before := treeSnapshot(t, e.DokkuRoot)
 	o := capture(t, "dokku-netshape", "set", "shop", "--process-type", "web", "--blkio-weight", "400", "--memory", "128m", "--no-apply")
-	if want := "!     docker-options cannot be scoped to a process type before Dokku 0.38 (process \"web\")\n"; o.code == 0 || o.stderr != want {
+	if want := " !     docker-options cannot be scoped to a process type before Dokku 0.38 (process \"web\")\n"; o.code == 0 || o.stderr != want {
 		t.Errorf("per-process docker-options on 0.37 not refused:\n%s", o)
 	}
 	if d := diffSnapshots(before, treeSnapshot(t, e.DokkuRoot)); len(d) > 0 {

@@ -11,7 +11,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -49,18 +48,19 @@ func run(argv []string) int {
 	default:
 		err = runCLI(argv)
 	}
-	if err != nil {
-		var ex exitError
-		if errors.As(err, &ex) {
-			if ex.msg != "" {
-				fmt.Fprintln(os.Stderr, ex.msg)
-			}
-			return ex.code
-		}
-		fmt.Fprintln(os.Stderr, "!     "+err.Error())
-		return 1
+	if err == nil {
+		return 0
 	}
-	return 0
+	if ex, ok := err.(exitError); ok {
+		// A status of its own (10 for Dokku's dispatcher, a child's
+		// through sudo), with what it has to say, if anything, as it is.
+		if ex.msg != "" {
+			fmt.Fprintln(os.Stderr, ex.msg)
+		}
+		return ex.code
+	}
+	printError(os.Stderr, err)
+	return exitStatus(err)
 }
 
 // exitError carries a specific exit code out of a command.

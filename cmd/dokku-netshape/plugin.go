@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -142,14 +141,11 @@ func runTrigger(name string, args []string) error {
 		}
 		// Fail open: the new containers already run. A non-zero exit would
 		// fail the deploy, and stop ps:restore at boot from starting the
-		// remaining apps, over a limit that could not be enforced. The
-		// reconcile has warned loudly; repeat the cause and exit 0.
+		// remaining apps, over a limit that could not be enforced. Say why
+		// (a line each, as apply does; a child through sudo has said it
+		// already) and exit 0.
 		if err := runCLI([]string{"dokku-netshape", "apply", args[0]}); err != nil {
-			var ex exitError
-			if errors.As(err, &ex) && ex.msg == "" {
-				err = fmt.Errorf("apply %s exited with status %d", args[0], ex.code)
-			}
-			fmt.Fprintln(os.Stderr, " !     netshape: limits of "+args[0]+" not (fully) enforced: "+err.Error())
+			printError(os.Stderr, err)
 		}
 		return nil
 	case "post-delete":

@@ -24,7 +24,7 @@ import (
 // reportFields are the `--netshape-FIELD` names, in display order.
 var reportFields = []string{
 	"egress", "ingress", "process-limits", "memory", "memory-swap", "cpus", "docker-options",
-	"shaped", "unshaped", "warnings", "counters", "bypassed", "cluster",
+	"shaped", "unshaped", "fixes", "warnings", "counters", "bypassed", "cluster",
 }
 
 // appReport is one app's report: every field as text, and the numbers that
@@ -34,6 +34,28 @@ type appReport struct {
 	// bypassed: per egress budget ("_default_/egress"), the frames its
 	// host-side backstop dropped because they skipped the EDT shaper.
 	bypassed map[string]uint64
+	// causes: why each unshaped interface (or container) is not shaped,
+	// and what fixes it; JSON gives them as objects.
+	causes []causeEntry
+}
+
+// causeEntry is one unshaped place and its cause, as report's JSON shows it.
+type causeEntry struct {
+	Container string `json:"container,omitempty"`
+	Interface string `json:"interface,omitempty"`
+	Direction string `json:"direction,omitempty"`
+	reconcile.Cause
+}
+
+func (c causeEntry) where() string {
+	w := c.Container
+	if c.Interface != "" {
+		w += "/" + c.Interface
+	}
+	if c.Direction != "" {
+		w += " " + c.Direction
+	}
+	return w
 }
 
 func reportCommand() *cli.Command {
@@ -218,6 +240,11 @@ func (a appReport) json() map[string]any {
 		bypassed = map[string]uint64{}
 	}
 	out["netshape-bypassed"] = bypassed
+	causes := a.causes
+	if causes == nil {
+		causes = []causeEntry{}
+	}
+	out["netshape-causes"] = causes
 	return out
 }
 
@@ -231,6 +258,7 @@ func reportApp(ctx context.Context, r *reconcile.Reconciler, app string) (appRep
 	if err != nil {
 		return appReport{}, err
 	}
+	var causes []causeEntry
 	if st.Scheduler != "" {
 		// Nothing local to look at: the configured limits of every
 		// process type, and the pod annotations that carry them.
@@ -243,6 +271,9 @@ func reportApp(ctx context.Context, r *reconcile.Reconciler, app string) (appRep
 		}
 		if f["cluster"], err = clusterReport(r.Env, app, st.Wants); err != nil {
 			return appReport{}, err
+		}
+		if len(st.Wants) > 0 {
+			causes = append(causes, causeEntry{Cause: reconcile.K3s()})
 		}
 	}
 	var procLimits []string
@@ -278,18 +309,30 @@ func reportApp(ctx context.Context, r *reconcile.Reconciler, app string) (appRep
 		shaped = append(shaped, item)
 	}
 	for _, u := range st.Unshaped {
-		where := u.Container
+		c := causeEntry{Container: u.Container, Interface: u.Interface, Cause: u.Cause}
 		if u.Interface != "" {
-			where += "/" + u.Interface + " " + string(u.Direction)
+			c.Direction = string(u.Direction)
 		}
-		unshaped = append(unshaped, where+": "+u.Reason)
+		causes = append(causes, c)
+	}
+	var fixes []string
+	for _, c := range causes {
+		item := c.Summary
+		if w := c.where(); w != "" {
+			item = w + ": " + item
+		}
+		unshaped = append(unshaped, item)
+		if c.Action != "" && !slices.Contains(fixes, c.Action) {
+			fixes = append(fixes, c.Action)
+		}
 	}
 	f["shaped"] = strings.Join(shaped, ", ")
 	f["unshaped"] = strings.Join(unshaped, "; ")
+	f["fixes"] = strings.Join(fixes, "; ")
 	f["warnings"] = strings.Join(st.Warnings, "; ")
 
 	var counters, bypassed []string
-	rep := appReport{fields: f, bypassed: map[string]uint64{}}
+	rep := appReport{fields: f, bypassed: map[string]uint64{}, causes: causes}
 	if r.Shaper != nil {
 		for _, w := range st.Wants {
 			b, err := r.Shaper.Budget(w.Budget.Name)

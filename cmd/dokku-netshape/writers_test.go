@@ -60,7 +60,7 @@ func TestConfigLockHeldElsewhere(t *testing.T) {
 	} {
 		before := treeSnapshot(t, base)
 		o := capture(t, argv...)
-		want := fmt.Sprintf("!     timed out waiting for the netshape config lock %s after 200ms: held by pid %d (", e.Env.ConfigLockPath(), os.Getpid())
+		want := fmt.Sprintf(" !     timed out waiting for the netshape config lock %s after 200ms: held by pid %d (", e.Env.ConfigLockPath(), os.Getpid())
 		if o.code == 0 || !strings.HasPrefix(o.stderr, want) || strings.Count(o.stderr, "\n") != 1 || o.stdout != "" {
 			t.Errorf("%q:\n%s\nwant one line starting %q", argv, o, want)
 		}
@@ -211,7 +211,7 @@ func TestDockerReportBrokenApp(t *testing.T) {
 	const brokenErr = `broken: resource _default_.limit.network-egress of app broken: invalid rate (7 bytes with unprintable characters, not shown)`
 
 	o := capture(t, "dokku-netshape", "report")
-	if o.code == 0 || o.stderr != "!     report failed for 1 of 3 apps (broken): see their sections\n" {
+	if o.code == 0 || o.stderr != " !     report failed for 1 of 3 apps (broken): see their sections\n" {
 		t.Errorf("report:\n%s", o)
 	}
 	sections := strings.Split(o.stdout, "=====> ")
@@ -233,7 +233,7 @@ func TestDockerReportBrokenApp(t *testing.T) {
 	}
 
 	o = capture(t, "dokku-netshape", "report", "--netshape-egress")
-	if o.code == 0 || o.stdout != "1mbit\n\n2mbit\n" || !strings.HasPrefix(o.stderr, "!     report failed for broken ("+brokenErr) || strings.Count(o.stderr, "\n") != 1 {
+	if o.code == 0 || o.stdout != "1mbit\n\n2mbit\n" || !strings.HasPrefix(o.stderr, " !     report failed for broken ("+brokenErr) || strings.Count(o.stderr, "\n") != 1 {
 		t.Errorf("report --netshape-egress:\n%s", o)
 	}
 

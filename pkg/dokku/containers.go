@@ -101,3 +101,19 @@ func isHexID(s string) bool {
 	}
 	return true
 }
+
+// RetiringName reports whether name is what Dokku renames a replaced deploy
+// container to, APP.PROC.N.<epoch>, while it waits to retire it (the new
+// container takes APP.PROC.N, which it returns). Dokku stops such a
+// container DOKKU_WAIT_TO_RETIRE after the deploy.
+func RetiringName(app, name string) (replacement string, ok bool) {
+	rest, found := strings.CutPrefix(name, app+".")
+	if !found {
+		return "", false
+	}
+	parts := strings.Split(rest, ".")
+	if len(parts) != 3 || parts[0] == "" || !allDigits(parts[1]) || !allDigits(parts[2]) {
+		return "", false
+	}
+	return app + "." + parts[0] + "." + parts[1], true
+}

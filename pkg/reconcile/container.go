@@ -31,14 +31,14 @@ func (r *Reconciler) Container(ctx context.Context, app, id string) (Result, err
 	c, err := insp.Inspect(ctx, id)
 	switch {
 	case errors.Is(err, containers.ErrGone):
-		res.Unshaped = append(res.Unshaped, Unshaped{Container: id, Reason: "removed before it could be shaped"})
+		res.Unshaped = append(res.Unshaped, Unshaped{Container: id, Cause: gone()})
 		return res, nil
 	case err != nil:
 		return res, err
 	case c.App != app || c.Type != containers.TypeDeploy:
 		return res, fmt.Errorf("container %s is not a deploy container of %s", c.Name, app)
 	case !c.Running:
-		res.Unshaped = append(res.Unshaped, Unshaped{Container: c.Name, Process: c.ProcessType, Reason: "not running"})
+		res.Unshaped = append(res.Unshaped, Unshaped{Container: c.Name, Process: c.ProcessType, Cause: notRunning()})
 		return res, nil
 	}
 	if res.Scheduler, err = r.remote(app); err != nil || res.Scheduler != "" {
@@ -53,12 +53,6 @@ func (r *Reconciler) Container(ctx context.Context, app, id string) (Result, err
 			return res, fmt.Errorf("%s: %w", app, err)
 		}
 	}
-	r.attach(r.plan(list, res.Wants, &res), &res)
-	for _, u := range res.Unshaped {
-		if u.Err != nil {
-			r.warn("netshape: LIMIT NOT ENFORCED for %s container %s %s %s: %v (traffic passes unshaped)",
-				app, u.Container, u.Interface, u.Direction, u.Err)
-		}
-	}
+	r.attach(ctx, r.plan(list, res.Wants, &res), &res)
 	return res, nil
 }

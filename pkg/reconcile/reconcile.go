@@ -13,7 +13,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 
 	"github.com/dokku-netshape/dokku-netshape/pkg/containers"
@@ -47,8 +46,6 @@ type Reconciler struct {
 	Shaper *shaper.Shaper
 	// Force replaces foreign root qdiscs on app devices.
 	Force bool
-	// Log receives loud warnings (a limit that could not be enforced).
-	Log io.Writer
 	// Interfaces maps a container netns to its veths; nil means veth.Interfaces.
 	Interfaces func(netnsPath string) ([]veth.Pair, error)
 
@@ -68,16 +65,20 @@ type Want struct {
 
 // Shaped is one device enforcing one budget.
 type Shaped struct {
-	Container string // container name
-	Process   string
-	Interface string // container-side interface (eth0, eth1, ...)
-	Direction Direction
-	Device    shaper.Device
-	Budget    string
+	Container   string // container name
+	ContainerID string
+	Process     string
+	Interface   string // container-side interface (eth0, eth1, ...)
+	Direction   Direction
+	Device      shaper.Device
+	Budget      string
 	// Hook is shaper.HookShape for the EDT shaper, or shaper.HookPolice for
 	// the backstop that polices an interface's app egress a second time on
 	// its host-side peer (where the container cannot bypass it).
 	Hook shaper.Hook
+	// Changed: this run attached it (or moved it to this budget); false
+	// when it was in force already.
+	Changed bool
 }
 
 // Backstop reports whether this is the host-side policer of app egress.
@@ -90,8 +91,8 @@ type Unshaped struct {
 	Interface string // "" when the whole container was skipped
 	Direction Direction
 	Budget    string // set when a stale attachment could not be removed
-	Reason    string
-	Err       error // nil for conditions that are not failures (e.g. host network)
+	Cause     Cause
+	Err       error // the error behind Cause, when there was one
 }
 
 // Result is what one reconcile of an app found and did.
@@ -107,13 +108,27 @@ type Result struct {
 	Scheduler string
 }
 
+// Problems are the Unshaped entries whose configured limit is not in force
+// (Cause.Problem): not a retiring or stopped container.
+func (r Result) Problems() []Unshaped {
+	var out []Unshaped
+	for _, u := range r.Unshaped {
+		if u.Cause.Problem {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
 // Err joins every failure to enforce a configured limit; nil when all held.
 func (r Result) Err() error {
 	var errs []error
-	for _, u := range r.Unshaped {
-		if u.Err != nil {
-			errs = append(errs, fmt.Errorf("%s %s %s: %w", u.Container, u.Interface, u.Direction, u.Err))
+	for _, u := range r.Problems() {
+		err := u.Err
+		if err == nil {
+			err = errors.New(u.Cause.Summary)
 		}
+		errs = append(errs, fmt.Errorf("%s %s %s: %w", u.Container, u.Interface, u.Direction, err))
 	}
 	return errors.Join(errs...)
 }
@@ -214,7 +229,7 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 		}
 	}
 
-	want := r.attach(r.plan(list, res.Wants, &res), &res)
+	want := r.attach(ctx, r.plan(list, res.Wants, &res), &res)
 
 	// Remove what is attached for this app but no longer wanted, then
 	// budgets that nothing configures any more.
@@ -231,8 +246,9 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 		}
 		if err := r.Shaper.DetachHook(a.Device, a.Hook); err != nil {
 			// Keep going: the rest of the app still needs reconciling and reporting.
-			res.Unshaped = append(res.Unshaped, Unshaped{Interface: a.Device.Name, Budget: a.Budget,
-				Reason: "could not detach a limit no longer configured", Err: err})
+			res.Unshaped = append(res.Unshaped, Unshaped{Interface: a.Device.Name, Budget: a.Budget, Err: err,
+				Cause: Cause{Code: CodeFailed, Problem: true, Summary: "could not detach a limit no longer configured: " + err.Error(),
+					Action: applyHint(app) + " retries"}})
 			continue
 		}
 		res.Removed = append(res.Removed, a)
@@ -248,19 +264,13 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 			}
 		}
 	}
-	for _, u := range res.Unshaped {
-		if u.Err != nil {
-			r.warn("netshape: LIMIT NOT ENFORCED for %s container %s %s %s: %v (traffic passes unshaped)",
-				app, u.Container, u.Interface, u.Direction, u.Err)
-		}
-	}
 	return res, nil
 }
 
 // attach makes each planned device enforce its budget, recording failures in
 // res, and returns the devices (with hook) now enforcing which budget. App
 // and Container share it, so a start is shaped exactly as a reconcile would.
-func (r *Reconciler) attach(planned []Shaped, res *Result) map[devID]string {
+func (r *Reconciler) attach(ctx context.Context, planned []Shaped, res *Result) map[devID]string {
 	want := map[devID]string{} // device and hook -> budget it must enforce
 	unshapedEgress := map[[2]string]bool{}
 	for _, p := range planned {
@@ -275,15 +285,19 @@ func (r *Reconciler) attach(planned []Shaped, res *Result) map[devID]string {
 			if p.Direction == Egress && !p.Backstop() {
 				unshapedEgress[where] = true
 			}
-			reason := "attach failed"
-			if p.Backstop() {
-				reason = "backstop attach failed (egress stays shaped at the source)"
+			cause := causeOf(res.App, err)
+			if cause.Code == CodeVanished && r.stopped(ctx, p.ContainerID) {
+				cause = gone()
+			}
+			if p.Backstop() && cause.Problem {
+				cause.Summary = "egress backstop: " + cause.Summary + " (egress stays shaped at the source)"
 			}
 			res.Unshaped = append(res.Unshaped, Unshaped{Container: p.Container, Process: p.Process,
-				Interface: p.Interface, Direction: p.Direction, Reason: reason, Err: err})
+				Interface: p.Interface, Direction: p.Direction, Err: err, Cause: forContainer(res.App, p.Container, cause)})
 			continue
 		}
 		want[devID{a.NetnsIno, a.Ifindex, a.Hook}] = p.Budget
+		p.Changed = !a.Unchanged
 		res.Shaped = append(res.Shaped, p)
 	}
 	return want
@@ -306,8 +320,9 @@ func (r *Reconciler) plan(list []containers.Container, wants []Want, res *Result
 }
 
 func (r *Reconciler) planContainer(c containers.Container, wants []Want, res *Result) []Shaped {
-	skip := func(reason string, err error) []Shaped {
-		res.Unshaped = append(res.Unshaped, Unshaped{Container: c.Name, Process: c.ProcessType, Reason: reason, Err: err})
+	skip := func(cause Cause, err error) []Shaped {
+		res.Unshaped = append(res.Unshaped, Unshaped{Container: c.Name, Process: c.ProcessType,
+			Cause: forContainer(res.App, c.Name, cause), Err: err})
 		return nil
 	}
 	egress, hasEgress := budgetFor(wants, c.ProcessType, Egress)
@@ -317,16 +332,16 @@ func (r *Reconciler) planContainer(c containers.Container, wants []Want, res *Re
 	}
 	switch {
 	case c.HostNetwork:
-		return skip("host network: the container has no interface of its own to shape", nil)
+		return skip(hostNetwork(res.App), nil)
 	case c.SharesNetnsWith() != "":
-		return skip("shares the network namespace of container "+c.SharesNetnsWith()+": shaped there", nil)
+		return skip(sharedNetns(c.SharesNetnsWith()), nil)
 	}
 	if c.HasNetAdmin {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("%s is privileged or has NET_ADMIN: it can remove its own egress limit", c.Name))
 	}
 	path := c.NetnsPath()
 	if path == "" {
-		return skip("not running", nil)
+		return skip(notRunning(), nil)
 	}
 	interfaces := r.Interfaces
 	if interfaces == nil {
@@ -335,15 +350,15 @@ func (r *Reconciler) planContainer(c containers.Container, wants []Want, res *Re
 	pairs, err := interfaces(path)
 	switch {
 	case errors.Is(err, veth.ErrHostNetwork):
-		return skip("host network: the container has no interface of its own to shape", nil)
+		return skip(hostNetwork(res.App), nil)
 	case errors.Is(err, veth.ErrGone):
-		return skip("stopped while being shaped", nil)
+		return skip(gone(), nil)
 	case err != nil:
-		return skip("its interfaces could not be listed", err)
+		return skip(notListed(res.App, err), err)
 	}
 	var out []Shaped
 	for _, p := range pairs {
-		item := Shaped{Container: c.Name, Process: c.ProcessType, Interface: p.ContainerIf.Name}
+		item := Shaped{Container: c.Name, ContainerID: c.ID, Process: c.ProcessType, Interface: p.ContainerIf.Name}
 		if hasEgress {
 			item.Direction, item.Budget = Egress, egress
 			item.Device = shaper.Device{Netns: path, Name: p.ContainerIf.Name}
@@ -365,8 +380,7 @@ func (r *Reconciler) planContainer(c containers.Container, wants []Want, res *Re
 		}
 		if p.Peer != veth.PeerHost {
 			res.Unshaped = append(res.Unshaped, Unshaped{Container: c.Name, Process: c.ProcessType, Interface: p.ContainerIf.Name,
-				Direction: Ingress, Reason: "peer is not in the host network namespace (" + p.Peer.String() + ")",
-				Err: errors.New("veth peer not in the host namespace")})
+				Direction: Ingress, Cause: forContainer(res.App, c.Name, peerNotHost(p.Peer.String()))})
 			continue
 		}
 		item.Direction, item.Budget = Ingress, ingress
@@ -377,8 +391,10 @@ func (r *Reconciler) planContainer(c containers.Container, wants []Want, res *Re
 }
 
 // Status reports what App would find, without changing anything: the
-// configured budgets, and for each device whether it enforces its budget now.
-// With a nil Shaper (not root) every device is reported as unknown.
+// configured budgets, and for each device whether it enforces its budget now
+// and, where not, why — read from the device (its root qdisc, whether the
+// kernel can make fq) and the container, not guessed. With a nil Shaper (not
+// root) every device is reported as unknown.
 func (r *Reconciler) Status(ctx context.Context, app string) (Result, error) {
 	res := Result{App: app}
 	var err error
@@ -393,13 +409,15 @@ func (r *Reconciler) Status(ctx context.Context, app string) (Result, error) {
 		return res, err
 	}
 	planned := r.plan(list, res.Wants, &res)
+	unshaped := func(p Shaped, c Cause) {
+		res.Unshaped = append(res.Unshaped, Unshaped{Container: p.Container, Process: p.Process, Interface: p.Interface,
+			Direction: p.Direction, Cause: forContainer(app, p.Container, c)})
+	}
 	if r.Shaper == nil {
 		for _, p := range planned {
-			if p.Backstop() {
-				continue // said once per interface and direction
+			if !p.Backstop() { // said once per interface and direction
+				unshaped(p, unknown(app))
 			}
-			res.Unshaped = append(res.Unshaped, Unshaped{Container: p.Container, Process: p.Process, Interface: p.Interface,
-				Direction: p.Direction, Reason: "unknown: reading attachments needs root"})
 		}
 		return res, nil
 	}
@@ -407,22 +425,48 @@ func (r *Reconciler) Status(ctx context.Context, app string) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	for _, p := range planned {
-		if slices.ContainsFunc(atts, func(a shaper.Attachment) bool {
+	attached := func(p Shaped) bool {
+		return slices.ContainsFunc(atts, func(a shaper.Attachment) bool {
 			return a.Device == p.Device && a.Budget == p.Budget && a.Hook == p.Hook
-		}) {
+		})
+	}
+	for _, p := range planned {
+		if attached(p) {
 			res.Shaped = append(res.Shaped, p)
 			continue
 		}
-		what := "not attached"
 		if p.Backstop() {
-			what = "backstop not attached"
+			// Without its shaper the backstop is left off on purpose (fail
+			// open): the interface's egress line already says why.
+			if slices.ContainsFunc(planned, func(q Shaped) bool {
+				return !q.Backstop() && q.Container == p.Container && q.Interface == p.Interface && q.Direction == Egress && !attached(q)
+			}) {
+				continue
+			}
+			unshaped(p, backstopMissing(app))
+			continue
 		}
-		res.Unshaped = append(res.Unshaped, Unshaped{Container: p.Container, Process: p.Process, Interface: p.Interface,
-			Direction: p.Direction, Reason: what + ": run `dokku netshape:apply " + app + "`",
-			Err: errors.New("limit configured but not attached")})
+		cause := notAttached(app)
+		if err := shaper.CheckAttach(p.Device, p.Hook); err != nil {
+			cause = causeOf(app, err)
+		}
+		unshaped(p, cause)
 	}
 	return res, nil
+}
+
+// stopped reports whether a container is no longer running (or no longer
+// exists), asking Docker; false when that cannot be told.
+func (r *Reconciler) stopped(ctx context.Context, id string) bool {
+	insp, ok := r.Docker.(Inspector)
+	if !ok || id == "" {
+		return false
+	}
+	c, err := insp.Inspect(ctx, id)
+	if errors.Is(err, containers.ErrGone) {
+		return true
+	}
+	return err == nil && !c.Running
 }
 
 // remote names the scheduler when app's limits are enforced elsewhere.
@@ -431,12 +475,6 @@ func (r *Reconciler) remote(app string) (string, error) {
 		return "", err
 	}
 	return dokku.SchedulerK3s, nil
-}
-
-func (r *Reconciler) warn(format string, args ...any) {
-	if r.Log != nil {
-		fmt.Fprintf(r.Log, format+"\n", args...)
-	}
 }
 
 // processTypes lists the distinct process types of the containers, sorted.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"slices"
 	"strings"
@@ -135,7 +134,7 @@ func TestRootLongAppAndProcessNames(t *testing.T) {
 	wrk, _ := fakeContainer(t, longApp, longProc, 1, 32)
 	shop, _ := fakeContainer(t, "shop", "web", 1, 33)
 	docker := fakeDocker{longApp: {web, wrk}, "shop": {shop}}
-	r := &Reconciler{Env: f.Env, Docker: docker, Shaper: openShaper(t), Log: io.Discard}
+	r := &Reconciler{Env: f.Env, Docker: docker, Shaper: openShaper(t)}
 
 	for _, app := range []string{longApp, "shop"} {
 		res, err := r.App(ctx, app)
@@ -325,7 +324,7 @@ func TestRootPruneOncePerRun(t *testing.T) {
 	}
 	s := openShaper(t)
 	run := func() (prunes, opens int) {
-		r := &Reconciler{Env: f.Env, Docker: docker, Shaper: s, Log: io.Discard}
+		r := &Reconciler{Env: f.Env, Docker: docker, Shaper: s}
 		r.prune = func() ([]shaper.Attachment, error) {
 			atts, err := s.Attachments()
 			if err != nil {

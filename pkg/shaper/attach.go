@@ -130,6 +130,9 @@ type Attachment struct {
 	Hook     Hook
 	NetnsIno uint64
 	Ifindex  int
+	// Unchanged: Attach found this attachment whole on the device and did
+	// nothing (always false in Attachments' listing).
+	Unchanged bool
 }
 
 // Attach makes dev enforce the named budget on everything it transmits:
@@ -178,6 +181,7 @@ func (s *Shaper) Attach(dev Device, budget string, opts AttachOptions) (Attachme
 	att := Attachment{Device: dev, Budget: budget, BudgetID: id, Hook: hook, NetnsIno: key.NetnsIno, Ifindex: int(key.Ifindex)}
 	if havePrev && prev.Budget == id && s.inPlace(ns, l, key, prev) {
 		att.Mode = Mode(prev.Mode)
+		att.Unchanged = true
 		return att, nil
 	}
 	prog, err := s.program(id, budget, hook)
@@ -308,8 +312,7 @@ func ensureFq(ns *nsRef, l netlink.Link, dev Device, force bool) (bool, error) {
 		return false, nil
 	}
 	if root != nil && root.Attrs().Handle != 0 && !force {
-		return false, fmt.Errorf("device %s: %w: %s %s (use --force to replace it)",
-			dev, ErrForeignQdisc, root.Type(), netlink.HandleStr(root.Attrs().Handle))
+		return false, foreignQdisc(dev, root)
 	}
 	if err := ns.nl.QdiscReplace(ourFq(l)); err != nil {
 		if errors.Is(err, unix.ENOENT) {
