@@ -304,7 +304,10 @@ func TestRootFqAttachBothDirectionsIdempotentAndClean(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a1 != a2 || !slices.Equal(pins(t, s), pinsBefore) {
+	if a1.Unchanged || !a2.Unchanged {
+		t.Fatalf("first attach Unchanged=%v, second %v: want false, then true", a1.Unchanged, a2.Unchanged)
+	}
+	if a2.Unchanged = false; a1 != a2 || !slices.Equal(pins(t, s), pinsBefore) {
 		t.Fatalf("second attach changed the attachment: %+v vs %+v", a1, a2)
 	}
 	if after := inspect(t, app); !slices.Equal(after.egressProgs, before.egressProgs) {
@@ -422,8 +425,10 @@ func TestRootPoliceAttachDetach(t *testing.T) {
 	}
 	// Idempotent: the same attachment, nothing changed on the device.
 	pinsBefore := pins(t, s)
-	if a2, err := s.Attach(host, "app/egress", AttachOptions{Hook: HookPolice}); err != nil || a2 != a {
-		t.Fatalf("second attach: %+v %v, want %+v", a2, err, a)
+	if a2, err := s.Attach(host, "app/egress", AttachOptions{Hook: HookPolice}); err != nil || !a2.Unchanged || a.Unchanged {
+		t.Fatalf("second attach: %+v %v, want it Unchanged (the first not)", a2, err)
+	} else if a2.Unchanged = false; a2 != a {
+		t.Fatalf("second attach: %+v, want %+v", a2, a)
 	}
 	if got := inspect(t, host); !slices.Equal(got.ingressProgs, want) || !slices.Equal(pins(t, s), pinsBefore) {
 		t.Fatalf("second attach changed the device: %+v", got)
