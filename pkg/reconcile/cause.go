@@ -52,15 +52,16 @@ func applyHint(app string) string { return "`dokku netshape:apply " + app + "`" 
 // kernel: a module it has but did not load, or none at all — apply alone
 // never does.
 func NoFq(app string) Cause {
-	c := Cause{Code: CodeNoFq, Summary: "kernel lacks sch_fq (the fq qdisc that holds packets to their departure time)", Problem: true}
-	switch shaper.FqModule() {
-	case "module":
-		c.Action = "load it: `modprobe sch_fq` (and list sch_fq in /etc/modules-load.d/ to keep it), then " + applyHint(app)
-	default:
-		c.Action = "boot a kernel with sch_fq (CONFIG_NET_SCH_FQ; Debian's and Ubuntu's stock kernels have it), then " +
-			applyHint(app) + "; apply alone cannot help"
+	return Cause{Code: CodeNoFq, Summary: "kernel lacks sch_fq (the fq qdisc that holds packets to their departure time)", Problem: true,
+		Action: fqFix() + ", then " + applyHint(app) + " (apply alone cannot help)"}
+}
+
+// fqFix is what gives this kernel sch_fq.
+func fqFix() string {
+	if shaper.FqModule() == "module" {
+		return "load it: `modprobe sch_fq` (and list sch_fq in /etc/modules-load.d/ to keep it)"
 	}
-	return c
+	return "boot a kernel with sch_fq (CONFIG_NET_SCH_FQ; Debian's and Ubuntu's stock kernels have it)"
 }
 
 // DegradedSummary is what report and apply say of an interface that the
@@ -77,9 +78,15 @@ func Degraded(app string) Cause {
 }
 
 func foreignQdisc(app string, e *shaper.ForeignQdiscError) Cause {
-	return Cause{Code: CodeForeignQdisc, Problem: true,
+	c := Cause{Code: CodeForeignQdisc, Problem: true,
 		Summary: fmt.Sprintf("foreign root qdisc %s %s on %s (not netshape's)", e.Kind, e.Handle, e.Device.Name),
 		Action:  "`dokku netshape:apply " + app + " --force` replaces it on this app's veths only; or remove what installed it"}
+	if shaper.FqSupport() != nil {
+		// --force alone would only meet the missing fq next.
+		c.Summary += "; and the kernel lacks sch_fq"
+		c.Action = fqFix() + ", then `dokku netshape:apply " + app + " --force` (replaces it on this app's veths only)"
+	}
+	return c
 }
 
 func hostNetwork(app string) Cause {
