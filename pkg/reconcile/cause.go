@@ -24,6 +24,7 @@ const (
 	CodeVanished        Code = "device-vanished"   // the container runs, its interface went away
 	CodeRetiring        Code = "retiring"          // replaced by a deploy, Dokku stops it soon
 	CodeNotAttached     Code = "not-attached"      // nothing stops an apply: run it
+	CodeSlotsFull       Code = "budget-slots-full" // its budget could not be made: every slot taken
 	CodeBackstopMissing Code = "backstop-missing"  // egress shaped, its host-side policer not attached
 	CodeK3s             Code = "k3s"               // the cluster's CNI enforces it, not this host
 	CodeUnknown         Code = "unknown"           // could not be read (not root)
@@ -120,6 +121,12 @@ func vanished(app string) Cause {
 
 func notAttached(app string) Cause {
 	return Cause{Code: CodeNotAttached, Problem: true, Summary: "not attached yet", Action: applyHint(app)}
+}
+
+func slotsFull() Cause {
+	return Cause{Code: CodeSlotsFull, Problem: true,
+		Summary: "not attached: its budget does not exist and every budget slot is in use",
+		Action:  "free slots: `dokku-netshape apply --all` (as root) removes those of deleted apps, or clear limits an app does not need"}
 }
 
 func backstopMissing(app string) Cause {

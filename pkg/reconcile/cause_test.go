@@ -2,8 +2,12 @@ package reconcile
 
 import (
 	"context"
+	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/dokku-netshape/dokku-netshape/pkg/containers"
 	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
@@ -231,5 +235,46 @@ func TestCauseOfTypedErrors(t *testing.T) {
 		if got := causeOf("shop", tc.err); got.Code != tc.want || !got.Problem {
 			t.Errorf("causeOf(%v) = %+v, want %s", tc.err, got, tc.want)
 		}
+	}
+}
+
+// With every budget slot taken (filled in the pinned names map as another
+// tool's apps would), apply cannot make the app's budget, and report says
+// that, not "run apply".
+func TestRootStatusNamesFullBudgetSlots(t *testing.T) {
+	nettest.RequireRoot(t)
+	f := dokkutest.NewFixture(t)
+	f.AddApp("shop", "web", 1)
+	f.SetResource("shop", "", dokku.Limit, dokku.NetworkIngress, "20mbit")
+	c, p := fakeContainer(t, "shop", "web", 1, 56)
+	s := openShaper(t)
+	names, err := ebpf.LoadPinnedMap(filepath.Join(s.PinDir(), "netshape_names"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer names.Close()
+	for id := uint32(1); id <= names.MaxEntries(); id++ {
+		var raw [128]byte
+		copy(raw[:], fmt.Sprintf("filler%d/_default_/egress", id))
+		if err := names.Update(id, raw, ebpf.UpdateNoExist); err != nil {
+			t.Fatalf("fill slot %d: %v", id, err)
+		}
+	}
+	t.Cleanup(func() {
+		for id := uint32(1); id <= names.MaxEntries(); id++ {
+			names.Delete(id)
+		}
+	})
+	r := &Reconciler{Env: f.Env, Docker: fakeDocker{"shop": {c}}, Shaper: s}
+	if _, err := r.App(context.Background(), "shop"); err == nil {
+		t.Fatal("apply with every slot taken succeeded")
+	}
+	st, err := r.Status(context.Background(), "shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := causesOf(st)
+	if c := got["shop.web.1 "+p.NameA+" ingress"]; len(got) != 1 || c.Code != CodeSlotsFull || !c.Problem || strings.Contains(c.Action, "netshape:apply") {
+		t.Fatalf("causes %+v, want one %s whose fix is not apply", got, CodeSlotsFull)
 	}
 }

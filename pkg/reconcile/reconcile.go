@@ -446,13 +446,26 @@ func (r *Reconciler) Status(ctx context.Context, app string) (Result, error) {
 			unshaped(p, backstopMissing(app))
 			continue
 		}
+		// In the order apply meets them: the budget, then the device.
 		cause := notAttached(app)
-		if err := shaper.CheckAttach(p.Device, p.Hook); err != nil {
+		if r.slotsFull(p.Budget) {
+			cause = slotsFull()
+		} else if err := shaper.CheckAttach(p.Device, p.Hook); err != nil {
 			cause = causeOf(app, err)
 		}
 		unshaped(p, cause)
 	}
 	return res, nil
+}
+
+// slotsFull reports whether budget does not exist and cannot be made: the
+// one thing apply cannot get past by itself.
+func (r *Reconciler) slotsFull(budget string) bool {
+	if _, err := r.Shaper.Budget(budget); !errors.Is(err, shaper.ErrNoBudget) {
+		return false
+	}
+	free, err := r.Shaper.SlotsFree()
+	return err == nil && free == 0
 }
 
 // stopped reports whether a container is no longer running (or no longer

@@ -433,6 +433,15 @@ func (s *Shaper) allocateID(name string) (uint32, error) {
 	return 0, fmt.Errorf("register budget %q: %w", name, errSlotsFull)
 }
 
+// SlotsFree is how many more budgets the maps can take.
+func (s *Shaper) SlotsFree() (int, error) {
+	names, err := s.allNames()
+	if err != nil {
+		return 0, err
+	}
+	return max(0, maxBudgets-len(names)), nil
+}
+
 // errSlotsFull: every budget slot of the maps is taken.
 var errSlotsFull = fmt.Errorf("all %d budget slots are in use (each app, direction and process type with a limit takes one; "+
 	"`dokku-netshape apply --all` frees those of deleted apps)", maxBudgets)
