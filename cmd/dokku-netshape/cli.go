@@ -67,6 +67,7 @@ func newApp() *cli.App {
 	app := &cli.App{
 		Name:                 "dokku-netshape",
 		Usage:                "enforce Dokku's network, memory, CPU and blkio limits on running containers",
+		Description:          exitStatusHelp,
 		HideVersion:          true,
 		EnableBashCompletion: true,
 		Commands: []*cli.Command{
@@ -99,9 +100,10 @@ func usageError(c *cli.Context, err error, _ bool) error {
 
 func setCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "set",
-		Usage:     "set limits of an app (persisted in Dokku, applied to running containers)",
-		ArgsUsage: "APP",
+		Name:        "set",
+		Description: exitStatusHelp,
+		Usage:       "set limits of an app (persisted in Dokku, applied to running containers)",
+		ArgsUsage:   "APP",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "process-type", Usage: "limit only this process type (default: all)"},
 			&cli.StringFlag{Name: "egress", Usage: "what the app sends, e.g. 20mbit"},
@@ -291,9 +293,10 @@ func procLabel(proc string) string {
 
 func clearCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "clear",
-		Usage:     "clear limits of an app",
-		ArgsUsage: "APP",
+		Name:        "clear",
+		Description: exitStatusHelp,
+		Usage:       "clear limits of an app",
+		ArgsUsage:   "APP",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "process-type", Usage: "clear only this process type's limits"},
 			&cli.BoolFlag{Name: "egress", Usage: "clear the egress limit"},
@@ -460,9 +463,10 @@ func (c clearedNetwork) message(app, proc string, egress, ingress bool) string {
 
 func applyCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "apply",
-		Usage:     "make running containers enforce what is configured (idempotent)",
-		ArgsUsage: "[APP]",
+		Name:        "apply",
+		Description: exitStatusHelp,
+		Usage:       "make running containers enforce what is configured (idempotent)",
+		ArgsUsage:   "[APP]",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "all", Usage: "every app (and clean up after deleted ones)"},
 			&cli.BoolFlag{Name: "force", Usage: "replace a foreign root qdisc on the app's veths"},

@@ -33,6 +33,9 @@ const (
 	exitNotEnforced = 3
 )
 
+// exitStatusHelp documents the statuses in --help and the man page.
+const exitStatusHelp = `Exit status: 0 the limits are saved and in force; 1 refused (bad input, or a failure before anything changed): nothing changed; 3 saved but not in force everywhere (a kernel without sch_fq, a foreign root qdisc, a host-network container, Docker unreachable...): that traffic passes unshaped, and each place and its fix is printed on stderr and shown by report. Dokku's post-deploy trigger always exits 0 (a deploy is never failed over a limit).`
+
 // notEnforcedError marks a failure after the configuration was saved.
 type notEnforcedError struct{ err error }
 
