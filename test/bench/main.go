@@ -29,6 +29,8 @@ var targets = []target{
 	{"BenchmarkEDTPacket/bulk-9000B", "kernel-ns/packet", 1000,
 		"per-packet datapath cost: at 1 µs one CPU still stamps 1 Mpps, 10 Gbit/s of 1500-byte frames"},
 	{"BenchmarkEDTPacket/sparse-100B", "kernel-ns/packet", 1000, "same, for the express (sparse flow) path"},
+	{"BenchmarkEDTPacketBudgets", "ns/packet-at-1000", 1000, "the same cost with 1,000 budgets in the maps"},
+	{"BenchmarkEDTPacketBudgets", "x-at-1000", 1.3, "flat: at 1,000 budgets within 30 % of the cost at one (same run)"},
 	{"BenchmarkRateChange", "ns/op", 1e6, "a live rate change is one map write: well under a millisecond"},
 	{"BenchmarkRateChange", "allocs/op", 64, "control plane stays allocation-light"},
 	{"BenchmarkParse", "ns/op", 5000, "rate parsing is on every CLI call and report"},
