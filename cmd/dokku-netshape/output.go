@@ -119,6 +119,7 @@ func renderResult(out, errw io.Writer, res reconcile.Result) {
 	changed := map[where]bool{}
 	backstop := map[where]string{}
 	budget := map[where]string{}
+	note := map[where]*reconcile.Cause{}
 	for _, s := range res.Shaped {
 		k := where{s.Container, s.Interface, s.Direction}
 		if _, seen := budget[k]; !seen {
@@ -130,6 +131,9 @@ func renderResult(out, errw io.Writer, res reconcile.Result) {
 			budget[k] = s.Budget
 		}
 		changed[k] = changed[k] || s.Changed
+		if s.Note != nil {
+			note[k] = s.Note
+		}
 	}
 	n := 0
 	for _, k := range order {
@@ -153,6 +157,15 @@ func renderResult(out, errw io.Writer, res reconcile.Result) {
 	}
 	problems := res.Problems()
 	var fixes []string
+	// A limit held with a caveat is said every time, changed or not.
+	for _, k := range order {
+		if c := note[k]; c != nil {
+			fmt.Fprintf(errw, "%s%s %s %s: %s\n", warnPfx, k.container, k.iface, k.dir, c.Summary)
+			if c.Action != "" && !slices.Contains(fixes, c.Action) {
+				fixes = append(fixes, c.Action)
+			}
+		}
+	}
 	for _, u := range problems {
 		where := u.Container
 		if u.Interface != "" {
@@ -172,7 +185,7 @@ func renderResult(out, errw io.Writer, res reconcile.Result) {
 	for _, w := range res.Warnings {
 		fmt.Fprintf(errw, "%sWarning: %s\n", warnPfx, w)
 	}
-	if n == 0 && len(problems) == 0 && len(res.Shaped) > 0 {
+	if n == 0 && len(problems) == 0 && len(note) == 0 && len(res.Shaped) > 0 {
 		ifaces := len(order)
 		fmt.Fprintf(out, "%sNetwork limits of %s in force on %d interface direction(s), nothing to change\n", info1, res.App, ifaces)
 	}

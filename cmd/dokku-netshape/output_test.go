@@ -122,6 +122,12 @@ func TestRenderResultGolden(t *testing.T) {
 			Hook: hook, Device: shaper.Device{Name: dev}, Changed: changed}
 	}
 	noFq := reconcile.NoFq(app)
+	// What the datapath's policing-only mode will mark (the lead wires it).
+	degraded := func(s reconcile.Shaped) reconcile.Shaped {
+		c := reconcile.Degraded(app)
+		s.Note = &c
+		return s
+	}
 	problem := func(ctr, dir string, c reconcile.Cause) reconcile.Unshaped {
 		return reconcile.Unshaped{Container: ctr, Interface: "eth0", Direction: reconcile.Direction(dir), Cause: c}
 	}
@@ -132,6 +138,7 @@ func TestRenderResultGolden(t *testing.T) {
 			shaped("shop.web.1", "ingress", shaper.HookShape, "veth1", false),
 			shaped("shop.web.2", "egress", shaper.HookShape, "eth0", false),
 			shaped("shop.web.2", "egress", shaper.HookPolice, "veth2", true),
+			degraded(shaped("shop.web.7", "ingress", shaper.HookShape, "veth7", false)),
 		},
 		Unshaped: []reconcile.Unshaped{
 			problem("shop.web.3", "egress", noFq),
@@ -155,6 +162,7 @@ func TestRenderResultGolden(t *testing.T) {
 	for i := range res.Shaped {
 		res.Shaped[i].Changed = false
 	}
+	res.Shaped = res.Shaped[:5] // not the degraded one: said every time
 	res.Unshaped, res.Removed, res.Warnings = res.Unshaped[3:], nil, nil // only a retiring and a stopped container
 	renderResult(&out, &errw, res)
 	golden(t, "render-apply-unchanged.golden", "stdout:\n"+out.String()+"stderr:\n"+errw.String())

@@ -306,6 +306,10 @@ func reportApp(ctx context.Context, r *reconcile.Reconciler, app string) (appRep
 		if s.Backstop() {
 			item += " backstop"
 		}
+		if s.Note != nil {
+			item += " (" + s.Note.Summary + ")"
+			causes = append(causes, causeEntry{Container: s.Container, Interface: s.Interface, Direction: string(s.Direction), Cause: *s.Note})
+		}
 		shaped = append(shaped, item)
 	}
 	for _, u := range st.Unshaped {

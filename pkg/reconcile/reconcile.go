@@ -80,6 +80,9 @@ type Shaped struct {
 	// Changed: this run attached it (or moved it to this budget); false
 	// when it was in force already.
 	Changed bool
+	// Note, when set, is what holds the limit with a caveat (Degraded:
+	// policed, not paced); apply and report say it every time.
+	Note *Cause
 }
 
 // Backstop reports whether this is the host-side policer of app egress.
