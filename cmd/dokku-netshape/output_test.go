@@ -162,7 +162,7 @@ func TestRenderResultGolden(t *testing.T) {
 	for i := range res.Shaped {
 		res.Shaped[i].Changed = false
 	}
-	res.Shaped = res.Shaped[:5] // not the degraded one: said every time
+	res.Shaped = res.Shaped[:5]                                          // not the degraded one: said every time
 	res.Unshaped, res.Removed, res.Warnings = res.Unshaped[3:], nil, nil // only a retiring and a stopped container
 	renderResult(&out, &errw, res)
 	golden(t, "render-apply-unchanged.golden", "stdout:\n"+out.String()+"stderr:\n"+errw.String())
