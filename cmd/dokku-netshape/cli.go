@@ -100,8 +100,8 @@ func usageError(c *cli.Context, err error, _ bool) error {
 func setCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "set",
-		Usage:     "set limits of an app (persisted in Dokku, applied to running containers)",
-		ArgsUsage: "APP",
+		Usage:     "set limits of an app (persisted in Dokku, applied to running containers), or host-wide settings with --global",
+		ArgsUsage: "APP | --global",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "process-type", Usage: "limit only this process type (default: all)"},
 			&cli.StringFlag{Name: "egress", Usage: "what the app sends, e.g. 20mbit"},
@@ -117,6 +117,9 @@ func setCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "device-write-iops", Usage: "DEV:N (next deploy)"},
 			&cli.BoolFlag{Name: "no-apply", Usage: "only persist; apply at the next deploy or with the apply command"},
 			&cli.BoolFlag{Name: "force", Usage: "replace a foreign root qdisc on the app's veths"},
+			&cli.BoolFlag{Name: "global", Usage: "host-wide settings instead of an APP's: --monitor, --metrics-addr"},
+			&cli.StringFlag{Name: "monitor", Usage: "with --global: on counts every app's traffic, limited or not; off only limited apps"},
+			&cli.StringFlag{Name: "metrics-addr", Usage: "with --global: HOST:PORT where the watcher serves Prometheus metrics (off: none)"},
 		},
 		Action: runSet,
 	}
@@ -191,6 +194,14 @@ func networkChanges(c *cli.Context, cluster bool) (map[dokku.ResourceType]string
 }
 
 func runSet(c *cli.Context) error {
+	if c.Bool("global") {
+		return runSetGlobal(c)
+	}
+	for _, f := range globalFlags {
+		if c.IsSet(f) {
+			return fmt.Errorf("--%s is host-wide: use `set --global --%s ...`", f, f)
+		}
+	}
 	env, app, proc, err := scope(c)
 	if err != nil {
 		return err

@@ -106,7 +106,9 @@ func sudoersContent(self, user string) (string, error) {
 
 // unitEnv are the install-time variables the watcher needs to find the same
 // Dokku tree (Dokku exports them to the install trigger).
-var unitEnv = []string{"DOKKU_ROOT", "DOKKU_LIB_ROOT", "DOKKU_SYSTEM_USER", "DOKKU_SYSTEM_GROUP"}
+// NETSHAPE_METRICS_ADDR, when root's environment has it at install, becomes
+// the watcher's metrics address (else the --global property decides).
+var unitEnv = []string{"DOKKU_ROOT", "DOKKU_LIB_ROOT", "DOKKU_SYSTEM_USER", "DOKKU_SYSTEM_GROUP", envMetricsAddr}
 
 func unitContent(self string) string {
 	var env strings.Builder
