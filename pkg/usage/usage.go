@@ -168,3 +168,21 @@ func realApp(ref reconcile.BudgetRef, apps []string) string {
 	}
 	return ref.App
 }
+
+// Human is a rate in bit/s as a person reads it: "0 bit/s", "850 kbit/s",
+// "12.3 Mbit/s", three significant digits, SI units as tc counts them.
+func Human(bps float64) string {
+	units := []string{"bit/s", "kbit/s", "Mbit/s", "Gbit/s", "Tbit/s"}
+	i := 0
+	for bps >= 999.5 && i < len(units)-1 {
+		bps /= 1000
+		i++
+	}
+	switch {
+	case i == 0 || bps >= 99.95:
+		return fmt.Sprintf("%.0f %s", bps, units[i])
+	case bps >= 9.995:
+		return fmt.Sprintf("%.1f %s", bps, units[i])
+	}
+	return fmt.Sprintf("%.2f %s", bps, units[i])
+}

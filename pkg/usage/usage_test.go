@@ -96,3 +96,14 @@ func TestSampleWaitsTheWindowAndBoundsIt(t *testing.T) {
 		t.Error("a cancelled sample returned rows")
 	}
 }
+
+func TestHuman(t *testing.T) {
+	for in, want := range map[float64]string{
+		0: "0 bit/s", 999: "999 bit/s", 1000: "1.00 kbit/s", 12_345_678: "12.3 Mbit/s",
+		20e6: "20.0 Mbit/s", 999.6e6: "1.00 Gbit/s", 150e3: "150 kbit/s", 2e15: "2000 Tbit/s",
+	} {
+		if got := Human(in); got != want {
+			t.Errorf("Human(%v) = %q, want %q", in, got, want)
+		}
+	}
+}
