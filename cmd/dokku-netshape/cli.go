@@ -76,6 +76,7 @@ func newApp() *cli.App {
 			reportCommand(),
 			removeCommand(),
 			watchCommand(),
+			topCommand(),
 			completionCommand(),
 			manCommand(),
 		},
@@ -569,6 +570,12 @@ func printResult(res reconcile.Result) {
 // `sudo -n`: Dokku runs plugins as the dokku user, and the install trigger
 // grants it exactly these subcommands (see plugin/sudoers).
 func asRoot(ctx context.Context, args []string, fn func() error) error {
+	return asRootStdin(ctx, args, nil, fn)
+}
+
+// asRootStdin is asRoot giving the root side stdin (nil: /dev/null); only
+// a command that reads the terminal (top) needs it.
+func asRootStdin(ctx context.Context, args []string, stdin *os.File, fn func() error) error {
 	if os.Geteuid() == 0 {
 		return fn()
 	}
@@ -577,6 +584,9 @@ func asRoot(ctx context.Context, args []string, fn func() error) error {
 		return fmt.Errorf("find own executable for sudo: %w", err)
 	}
 	cmd := exec.CommandContext(ctx, "sudo", append([]string{"-n", self}, args...)...)
+	if stdin != nil {
+		cmd.Stdin = stdin
+	}
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	if err := cmd.Run(); err != nil {
 		var ee *exec.ExitError

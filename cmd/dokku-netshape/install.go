@@ -69,7 +69,7 @@ func systemctl() string {
 // binary with as root (what asRoot re-runs through sudo). "report" appears
 // bare too: sudoers' "report *" needs at least the space, and
 // `netshape:report` without an app runs plain "report".
-var rootCommands = []string{"apply *", "remove *", "report", "report *"}
+var rootCommands = []string{"apply *", "remove *", "report", "report *", "top *"}
 
 // sudoersAlias names our commands; aliases are global across sudoers files.
 const sudoersAlias = "DOKKU_NETSHAPE"
@@ -177,7 +177,7 @@ func install(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("-----> netshape: %s may run %s as root (%s)\n", user, "apply, remove, report", sudoersPath())
+	fmt.Printf("-----> netshape: %s may run %s as root (%s)\n", user, "apply, remove, report, top", sudoersPath())
 	if !checked {
 		fmt.Println(" !     netshape: visudo not found: sudo is not installed, so triggers run by Dokku as " + user + " cannot apply limits (apt-get install sudo)")
 	}

@@ -41,7 +41,7 @@ import (
 // The plugin's entry points as committed at the repo root.
 var (
 	wantTriggers    = []string{"post-app-clone-setup", "post-app-rename-setup", "post-delete", "post-deploy", "report", "uninstall"}
-	wantSubcommands = []string{"apply", "clear", "help", "report", "set"}
+	wantSubcommands = []string{"apply", "clear", "help", "report", "set", "top"}
 )
 
 var (
