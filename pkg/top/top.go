@@ -137,6 +137,19 @@ func clip(s string, n int) string {
 	return s[:n-1] + "~"
 }
 
+// Columns of a row, in order; the TUI leaves some out on narrow terminals.
+const (
+	colApp = iota
+	colDir
+	colProc
+	colRate
+	colLimit
+	colUse
+	colDropped
+	colBypassed
+	numCols
+)
+
 // cells are one row's columns as text, before styling.
 func cells(u usage.Usage, grown [2]uint64, l layout) []string {
 	limit, use := "none", "-"
@@ -148,20 +161,31 @@ func cells(u usage.Usage, grown [2]uint64, l layout) []string {
 		fmt.Sprintf("%-*s", l.app, clip(u.App, l.app)),
 		fmt.Sprintf("%-7s", u.Direction),
 		fmt.Sprintf("%-*s", l.proc, clip(u.ProcessType, l.proc)),
-		fmt.Sprintf("%12s", usage.Human(u.Rate)),
-		fmt.Sprintf("%12s", limit),
-		fmt.Sprintf("%5s", use),
-		fmt.Sprintf("%14s", counter(u.Counters.Dropped, grown[0])),
-		fmt.Sprintf("%14s", counter(u.Counters.Bypassed, grown[1])),
+		fmt.Sprintf("%11s", usage.Human(u.Rate)),
+		fmt.Sprintf("%11s", limit),
+		fmt.Sprintf("%4s", use),
+		fmt.Sprintf("%12s", counter(u.Counters.Dropped, grown[0])),
+		fmt.Sprintf("%12s", counter(u.Counters.Bypassed, grown[1])),
 	}
 }
 
 func headerCells(l layout) []string {
 	return []string{
 		fmt.Sprintf("%-*s", l.app, "APP"), fmt.Sprintf("%-7s", "DIR"), fmt.Sprintf("%-*s", l.proc, "PROCESS"),
-		fmt.Sprintf("%12s", "RATE"), fmt.Sprintf("%12s", "LIMIT"), fmt.Sprintf("%5s", "USE"),
-		fmt.Sprintf("%14s", "DROPPED"), fmt.Sprintf("%14s", "BYPASSED"),
+		fmt.Sprintf("%11s", "RATE"), fmt.Sprintf("%11s", "LIMIT"), fmt.Sprintf("%4s", "USE"),
+		fmt.Sprintf("%12s", "DROPPED"), fmt.Sprintf("%12s", "BYPASSED"),
 	}
+}
+
+// pick keeps the columns selected by show.
+func pick(cs []string, show [numCols]bool) []string {
+	out := make([]string, 0, len(cs))
+	for i, c := range cs {
+		if show[i] {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // counter is a total, with how much it grew in the last interval.

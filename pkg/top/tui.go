@@ -111,11 +111,10 @@ func (m *model) View() string {
 	title := fmt.Sprintf("netshape top  %s  %d budgets  every %s  q: quit", f.at.Format("15:04:05"), len(f.rows), m.s.opts.Interval)
 	b.WriteString(m.st.title.Render(clip(title, max(m.width, 10))) + "\n")
 	l := layoutFor(f.rows)
-	head := strings.Join(headerCells(l), "  ")
-	fixed := len(head) + 2
-	barWidth := m.width - fixed - 1
-	if barWidth >= 8 {
-		head += "  " + fmt.Sprintf("%-*s", barWidth, "RATE / LIMIT (or busiest)")
+	show, barWidth := fit(headerCells(l), m.width)
+	head := strings.Join(pick(headerCells(l), show), "  ")
+	if barWidth > 0 {
+		head += "  " + fmt.Sprintf("%-*s", barWidth, clip("RATE / LIMIT (or busiest)", barWidth))
 	}
 	b.WriteString(m.st.header.Render(clip(head, max(m.width-1, 10))) + "\n")
 	top := busiest(f.rows)
@@ -126,9 +125,10 @@ func (m *model) View() string {
 	for _, u := range rows {
 		g := f.grown[u.Budget]
 		cs := cells(u, g, l)
-		line := strings.Join(cs[:6], "  ")
-		line += "  " + m.styleIf(g[0] > 0, cs[6]) + "  " + m.styleIf(g[1] > 0, cs[7])
-		if barWidth >= 8 {
+		cs[colDropped] = m.styleIf(g[0] > 0, cs[colDropped])
+		cs[colBypassed] = m.styleIf(g[1] > 0, cs[colBypassed])
+		line := strings.Join(pick(cs, show), "  ")
+		if barWidth > 0 {
 			line += "  " + m.bar(fraction(u, top), u.Limit > 0, barWidth)
 		}
 		b.WriteString(line + "\n")
@@ -137,6 +137,37 @@ func (m *model) View() string {
 		b.WriteString("no budgets: no app has a limit (or `dokku netshape:set --global --monitor on` to count every app)\n")
 	}
 	return b.String()
+}
+
+// minBar is the narrowest bar worth drawing.
+const minBar = 10
+
+// fit chooses the columns for a terminal width columns wide: all of them
+// while the bar keeps minBar columns, else without USE (the bar says it),
+// then LIMIT, then PROCESS; app, direction, rate, drops and bypassed always
+// stay. barWidth is what is left for the bar (0: none fits).
+func fit(head []string, width int) (show [numCols]bool, barWidth int) {
+	for i := range show {
+		show[i] = true
+	}
+	used := func() int {
+		w := 0
+		for i, c := range head {
+			if show[i] {
+				w += len(c) + 2
+			}
+		}
+		return w + 1 // never the last column: some terminals wrap there
+	}
+	for _, drop := range []int{-1, colUse, colLimit, colProc} {
+		if drop >= 0 {
+			show[drop] = false
+		}
+		if bw := width - used(); bw >= minBar {
+			return show, bw
+		}
+	}
+	return show, 0
 }
 
 func (m *model) styleIf(alert bool, s string) string {
