@@ -551,6 +551,9 @@ func printResult(res reconcile.Result) {
 		if s.Backstop() {
 			what += " backstop on " + s.Device.Name
 		}
+		if s.Counted() {
+			what += " counted (no limit)"
+		}
 		fmt.Printf("-----> %s %s %s: %s\n", s.Container, s.Interface, what, res.BudgetLabel(s.Budget))
 	}
 	for _, u := range res.Unshaped {

@@ -280,6 +280,9 @@ func reportApp(ctx context.Context, r *reconcile.Reconciler, app string) (appRep
 	}
 	var procLimits []string
 	for _, w := range st.Wants {
+		if w.Budget.CountOnly {
+			continue // monitored, not a limit
+		}
 		v := rate.Rate(w.Budget.Rate).String()
 		if w.Scope == reconcile.DefaultScope {
 			f[string(w.Direction)] = v
@@ -307,6 +310,9 @@ func reportApp(ctx context.Context, r *reconcile.Reconciler, app string) (appRep
 		item := fmt.Sprintf("%s/%s %s", s.Container, s.Interface, s.Direction)
 		if s.Backstop() {
 			item += " backstop"
+		}
+		if s.Counted() {
+			item += " counted"
 		}
 		shaped = append(shaped, item)
 	}
