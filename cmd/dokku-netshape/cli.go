@@ -521,7 +521,8 @@ func withReconciler(ctx context.Context, force bool, fn func(*reconcile.Reconcil
 		return fmt.Errorf("connect to Docker: %w", err)
 	}
 	defer docker.Close()
-	return fn(&reconcile.Reconciler{Env: dokku.EnvFromOS(), Docker: docker, Shaper: s, Force: force, Log: os.Stderr})
+	env := dokku.EnvFromOS()
+	return fn(&reconcile.Reconciler{Env: env, Docker: docker, Shaper: s, Force: force, Log: os.Stderr, Monitor: monitorOn(env)})
 }
 
 func applyApps(ctx context.Context, apps []string, force bool) error {

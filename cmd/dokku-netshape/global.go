@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/urfave/cli/v2"
 
@@ -103,4 +104,15 @@ func runSetGlobal(c *cli.Context) error {
 		}
 		return applyApps(c.Context, apps, false)
 	})
+}
+
+// monitorOn is the host-wide monitor setting, read by every reconcile (CLI,
+// post-deploy, watcher) so they all plan the same counting. An unreadable
+// value counts as off, loudly: counting is never worth failing a limit for.
+func monitorOn(env dokku.Env) bool {
+	on, err := env.Monitor()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, " !     netshape: monitor setting ignored (apps without a limit are not counted): %v\n", err)
+	}
+	return on
 }

@@ -117,7 +117,7 @@ func (k *kept) do(fn func(*reconcile.Reconciler) error) error {
 			return err
 		}
 	}
-	return fn(&reconcile.Reconciler{Env: k.env, Docker: k.docker, Shaper: k.s, Log: os.Stderr})
+	return fn(&reconcile.Reconciler{Env: k.env, Docker: k.docker, Shaper: k.s, Log: os.Stderr, Monitor: monitorOn(k.env)})
 }
 
 func (k *kept) close() {

@@ -145,8 +145,11 @@ func Sort(rows []Usage) {
 	})
 }
 
-// limitOf is a budget's configured rate.
+// limitOf is a budget's configured rate; a count-only budget has none.
 func limitOf(b shaper.BudgetStatus) uint64 {
+	if b.CountOnly {
+		return 0
+	}
 	return b.Rate
 }
 

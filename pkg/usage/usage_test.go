@@ -14,6 +14,10 @@ func status(name string, rate, bytes uint64) shaper.BudgetStatus {
 	return shaper.BudgetStatus{Budget: shaper.Budget{Name: name, Rate: rate}, Stats: shaper.Stats{Bytes: bytes, Packets: bytes / 1000, Dropped: 3, Bypassed: 2}}
 }
 
+func countOnly(name string, bytes uint64) shaper.BudgetStatus {
+	return shaper.BudgetStatus{Budget: shaper.Budget{Name: name, CountOnly: true}, Stats: shaper.Stats{Bytes: bytes}}
+}
+
 func snap(at time.Time, bs ...shaper.BudgetStatus) Snapshot {
 	s := Snapshot{At: at, Budgets: map[string]shaper.BudgetStatus{}}
 	for _, b := range bs {
@@ -36,6 +40,7 @@ func TestBetweenRatesAndOrder(t *testing.T) {
 		status("fast/web/ingress", 50e6, 7_500_000),      // 2.5 MB in 0.5 s = 40 Mbit/s
 		status("reset/_default_/egress", 1e6, 10),        // made again in between
 		status("new/_default_/ingress", 1e6, 50_000),     // new: counts from zero, 0.8 Mbit/s
+		countOnly("counted/_default_/egress", 500_000),   // 8 Mbit/s, no limit
 		status(longName, 1e6, 0),
 		status("not-an-app-budget", 1e6, 1),
 	)
@@ -46,6 +51,7 @@ func TestBetweenRatesAndOrder(t *testing.T) {
 		rate      float64
 	}{
 		{"fast", "web", reconcile.Ingress, 40e6},
+		{"counted", reconcile.DefaultScope, reconcile.Egress, 8e6},
 		{"slow", reconcile.DefaultScope, reconcile.Egress, 4e6},
 		{"new", reconcile.DefaultScope, reconcile.Ingress, 0.8e6},
 		{"reset", reconcile.DefaultScope, reconcile.Egress, 0}, // ties by budget name: "~" sorts last
@@ -59,6 +65,9 @@ func TestBetweenRatesAndOrder(t *testing.T) {
 		if g.App != w.app || g.ProcessType != w.proc || g.Direction != w.dir || g.Rate != w.rate {
 			t.Errorf("row %d = %s %s %s %.0f, want %s %s %s %.0f", i, g.App, g.ProcessType, g.Direction, g.Rate, w.app, w.proc, w.dir, w.rate)
 		}
+	}
+	if got[1].Limit != 0 {
+		t.Errorf("a count-only budget has a limit: %+v", got[1])
 	}
 	if got[0].Limit != 50e6 || got[0].Counters.Bytes != 7_500_000 || got[0].Counters.Dropped != 3 || got[0].Counters.Bypassed != 2 {
 		t.Errorf("fast's limit and counters: %+v", got[0])
