@@ -22,7 +22,7 @@ func runSetGlobal(c *cli.Context) error {
 		return fmt.Errorf("--global takes no APP (got %q)", c.Args().First())
 	}
 	for _, f := range c.FlagNames() {
-		if f != "global" && c.IsSet(f) && f != "monitor" && f != "metrics-addr" {
+		if c.IsSet(f) && f != "global" && f != "monitor" && f != "metrics-addr" && f != "no-apply" {
 			return fmt.Errorf("--%s is per app: give APP instead of --global", f)
 		}
 	}
