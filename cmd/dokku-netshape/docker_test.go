@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -146,6 +147,11 @@ func TestDockerBlkioDoesNotBlockLaterSets(t *testing.T) {
 	}
 }
 
+// normStamps replaces report's sampling moments (new on every run) by TIME.
+func normStamps(s string) string {
+	return regexp.MustCompile(`"\d{4}-\d\d-\d\dT[0-9:.]+Z"`).ReplaceAllString(s, `"TIME"`)
+}
+
 // TestDockerReport checks report's three formats against golden files, for
 // an app with limits and one running container (not shaped: nothing was
 // applied). The random app name is replaced by APP.
@@ -162,7 +168,7 @@ func TestDockerReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.AddApp("zzz-idle", "web", 1) // no limits, no containers
-	norm := func(s string) string { return strings.ReplaceAll(s, app, "APP") }
+	norm := func(s string) string { return normStamps(strings.ReplaceAll(s, app, "APP")) }
 	for _, tc := range []struct {
 		golden string
 		args   []string

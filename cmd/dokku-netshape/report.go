@@ -41,6 +41,7 @@ type appReport struct {
 	// report did not sample.
 	usage                   []usage.Usage
 	egressRate, ingressRate float64
+	sampledFrom, sampledTo  time.Time
 }
 
 func reportCommand() *cli.Command {

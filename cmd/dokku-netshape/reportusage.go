@@ -28,20 +28,20 @@ func (ra reportArgs) needsUsage() bool {
 
 // sampleUsage reads the budgets over the window, before the reconcile lock
 // is taken (reading counters needs no lock, and the wait must not hold it).
-func sampleUsage(ctx context.Context, ra reportArgs, apps []string) ([]usage.Usage, error) {
+func sampleUsage(ctx context.Context, ra reportArgs, apps []string) (usage.Sampled, error) {
 	if !ra.needsUsage() {
-		return nil, nil
+		return usage.Sampled{}, nil
 	}
 	s, err := shaper.Open(shaper.Options{PinDir: os.Getenv(envPinDir)})
 	if err != nil {
-		return nil, err
+		return usage.Sampled{}, err
 	}
 	defer s.Close()
-	rows, err := usage.Sample(ctx, s, ra.sampleWindow(), apps)
+	got, err := usage.Sample(ctx, s, ra.sampleWindow(), apps)
 	if err != nil {
-		return nil, fmt.Errorf("sample traffic: %w", err)
+		return usage.Sampled{}, fmt.Errorf("sample traffic: %w", err)
 	}
-	return rows, nil
+	return got, nil
 }
 
 func (ra reportArgs) sampleWindow() time.Duration {
@@ -61,11 +61,12 @@ func parseSampleWindow(v string) (time.Duration, error) {
 }
 
 // addUsage puts an app's rows into its report.
-func (a *appReport) addUsage(app string, rows []usage.Usage) {
+func (a *appReport) addUsage(app string, sampled usage.Sampled) {
 	a.usage = []usage.Usage{}
+	a.sampledFrom, a.sampledTo = sampled.From, sampled.To
 	var lines []string
 	sum := map[reconcile.Direction]float64{}
-	for _, u := range rows {
+	for _, u := range sampled.Rows {
 		if u.App != app {
 			continue
 		}
@@ -99,4 +100,7 @@ func (a appReport) usageJSON(out map[string]any) {
 	out["netshape-usage"] = a.usage
 	out["netshape-egress-rate"] = a.egressRate
 	out["netshape-ingress-rate"] = a.ingressRate
+	// When the rates were taken: the two reads of the counters.
+	out["netshape-sampled-from"] = a.sampledFrom.UTC().Format(time.RFC3339Nano)
+	out["netshape-sampled-to"] = a.sampledTo.UTC().Format(time.RFC3339Nano)
 }

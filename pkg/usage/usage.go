@@ -69,29 +69,35 @@ func Take(src Source) (Snapshot, error) {
 // short enough that nobody holds a report open with it.
 const MaxWindow = 10 * time.Second
 
+// Sampled is what Sample read: the rows and the moments of its two reads.
+type Sampled struct {
+	Rows     []Usage
+	From, To time.Time
+}
+
 // Sample reads every budget, waits window, reads again and returns the
 // rates over that window (see Between). apps are the known app names, to
 // show hashed budget names by their real app.
-func Sample(ctx context.Context, src Source, window time.Duration, apps []string) ([]Usage, error) {
+func Sample(ctx context.Context, src Source, window time.Duration, apps []string) (Sampled, error) {
 	if window <= 0 || window > MaxWindow {
-		return nil, fmt.Errorf("sampling window %s is outside (0, %s]", window, MaxWindow)
+		return Sampled{}, fmt.Errorf("sampling window %s is outside (0, %s]", window, MaxWindow)
 	}
 	before, err := Take(src)
 	if err != nil {
-		return nil, err
+		return Sampled{}, err
 	}
 	t := time.NewTimer(window)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return Sampled{}, ctx.Err()
 	case <-t.C:
 	}
 	after, err := Take(src)
 	if err != nil {
-		return nil, err
+		return Sampled{}, err
 	}
-	return Between(before, after, apps), nil
+	return Sampled{Rows: Between(before, after, apps), From: before.At, To: after.At}, nil
 }
 
 // Between is the usage of every budget in after, its rate taken from what

@@ -83,9 +83,13 @@ func (f *fakeSource) Budgets() ([]shaper.BudgetStatus, error) {
 
 func TestSampleWaitsTheWindowAndBoundsIt(t *testing.T) {
 	src := &fakeSource{}
-	rows, err := Sample(context.Background(), src, 50*time.Millisecond, nil)
+	got, err := Sample(context.Background(), src, 50*time.Millisecond, nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	rows := got.Rows
+	if got.To.Sub(got.From) < 50*time.Millisecond || got.From.Before(src.calls[0]) || got.To.Before(src.calls[1]) {
+		t.Errorf("window %s..%s", got.From, got.To)
 	}
 	if len(src.calls) != 2 || src.calls[1].Sub(src.calls[0]) < 50*time.Millisecond {
 		t.Fatalf("reads at %v: want two, 50ms apart", src.calls)
