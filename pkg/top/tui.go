@@ -114,7 +114,7 @@ func (m *model) View() string {
 	show, barWidth := fit(headerCells(l), m.width)
 	head := strings.Join(pick(headerCells(l), show), "  ")
 	if barWidth > 0 {
-		head += "  " + fmt.Sprintf("%-*s", barWidth, clip("RATE / LIMIT (or busiest)", barWidth))
+		head += "  " + fmt.Sprintf("%-*s", barWidth, clip("RATE / LIMIT", barWidth))
 	}
 	b.WriteString(m.st.header.Render(clip(head, max(m.width-1, 10))) + "\n")
 	top := busiest(f.rows)
