@@ -42,3 +42,15 @@ func TestSetGlobalWritesProperties(t *testing.T) {
 		t.Error("a bad monitor value counts as on")
 	}
 }
+
+// The metrics address in root's environment at install reaches the unit.
+func TestUnitCarriesMetricsAddr(t *testing.T) {
+	t.Setenv(envMetricsAddr, "127.0.0.1:9479")
+	if u := unitContent("/usr/local/libexec/dokku-netshape"); !strings.Contains(u, "Environment=\"NETSHAPE_METRICS_ADDR=127.0.0.1:9479\"\n") {
+		t.Errorf("unit:\n%s", u)
+	}
+	t.Setenv(envMetricsAddr, "")
+	if u := unitContent("/usr/local/libexec/dokku-netshape"); strings.Contains(u, "METRICS") {
+		t.Errorf("unit without an address:\n%s", u)
+	}
+}
