@@ -184,7 +184,14 @@ func TestVMDockerUsageReportAndMetrics(t *testing.T) {
 			}
 			t.Logf("sender in %s: %s", b.Name, lastLine(out))
 		}()
-		time.Sleep(2 * time.Second) // past slow start
+		// Docker may take seconds to start the sender in a busy guest: wait for its
+		// first bytes (bounded), then one more second, past slow start.
+		for end := time.Now().Add(30 * time.Second); sink.Bytes() == 0; time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatalf("%s: nothing received 30s after starting the sender", a)
+			}
+		}
+		time.Sleep(time.Second)
 		out, err := netshape(ctx, env, netshapeBin, "report", a, "--format", "json", "--sample-window", "8s")
 		if err != nil {
 			t.Fatal(err)
