@@ -60,6 +60,13 @@ var vmTargets = []vmTarget{
 	{"watch_property_change", "p50_ms", 0, 0, "property written (in place, renamed, deleted) → rate/attachment in the pinned maps (5 ms poll)"},
 	{"watch_property_change", "p99_ms", 1000, 0, "`dokku resource:limit --network-egress` takes effect without a deploy"},
 	{"watch_property_change", "max_ms", 0, 0, ""},
+	{"scale", "containers", 0, 1000, "test/scale: namespaces with a veth each, served to the real CLI as Dokku deploy containers (250 apps × 4)"},
+	{"scale", "apply_all_s", 10, 0, "`apply --all`: 1,000 containers shaped both ways with backstops (3,000 attachments), under qemu TCG"},
+	{"scale", "apply_all_rss_mib", 0, 0, "its peak RSS"},
+	{"scale", "apply_app_ms", 100, 0, "`apply APP` (4 containers) among 1,000, everything already in place"},
+	{"scale", "apply_all_again_s", 0, 0, "`apply --all` again, nothing to change"},
+	{"scale", "report_s", 0, 0, "`report --format json` of every app"},
+	{"scale", "report_rss_mib", 0, 0, "its peak RSS"},
 }
 
 // vmResults reads every result object of a vmrun summary, keyed by metric and kernel.
