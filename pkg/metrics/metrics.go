@@ -33,9 +33,9 @@ func newCounter(name, help string, get func(usage.Counters) uint64) counter {
 
 var (
 	counters = []counter{
-		newCounter("netshape_bytes_total", "Bytes the app's budget passed in this direction.",
+		newCounter("netshape_bytes_total", "Bytes the app's budget counted in this direction: whole frames, headers included.",
 			func(c usage.Counters) uint64 { return c.Bytes }),
-		newCounter("netshape_packets_total", "Packets the app's budget passed in this direction.",
+		newCounter("netshape_packets_total", "Packets the app's budget counted in this direction.",
 			func(c usage.Counters) uint64 { return c.Packets }),
 		newCounter("netshape_dropped_packets_total", "Packets dropped because the budget's queue was past its horizon.",
 			func(c usage.Counters) uint64 { return c.Dropped }),
