@@ -225,7 +225,9 @@ func wantFor(wants []Want, proc string, dir Direction) (Want, bool) {
 // them to every interface of every running container, and removes whatever
 // this tool attached for the app that is no longer configured or running.
 // A device that cannot be shaped is left unshaped (never half-shaped) and
-// reported; App carries on with the others.
+// reported; App carries on with the others. On a kernel without sch_fq
+// (shaper.ErrNoFq) a device is enforced degraded instead: policed by the
+// program, no pacing (Shaped.Degraded, shaper.DegradedNoFq).
 func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 	res := Result{App: app}
 	if r.Shaper == nil {
@@ -311,7 +313,15 @@ func (r *Reconciler) attach(planned []Shaped, res *Result) map[devID]string {
 			// interface; without it the policer would be the limit.
 			continue
 		}
-		a, err := r.Shaper.Attach(p.Device, p.Budget, shaper.AttachOptions{Force: r.Force, Hook: p.Hook})
+		opts := shaper.AttachOptions{Force: r.Force, Hook: p.Hook}
+		a, err := r.Shaper.Attach(p.Device, p.Budget, opts)
+		if errors.Is(err, shaper.ErrNoFq) && p.Hook == shaper.HookShape {
+			// Only a kernel without sch_fq degrades a device: the same
+			// budget enforced by the program as a policer (no pacing).
+			// Any other failure leaves the device unshaped, below.
+			opts.NoFq = true
+			a, err = r.Shaper.Attach(p.Device, p.Budget, opts)
+		}
 		if err != nil && p.Counted() {
 			// Nothing is limited here, so nothing fails open: say it, carry on.
 			res.Warnings = append(res.Warnings, fmt.Sprintf("%s %s %s: not counted: %v", p.Container, p.Interface, p.Direction, err))
@@ -331,6 +341,9 @@ func (r *Reconciler) attach(planned []Shaped, res *Result) map[devID]string {
 		}
 		want[devID{a.NetnsIno, a.Ifindex, a.Hook}] = p.Budget
 		p.Datapath = a.Datapath
+		if a.Degraded() {
+			r.warn("netshape: %s container %s %s %s: %s", res.App, p.Container, p.Interface, p.Direction, shaper.DegradedNoFq)
+		}
 		res.Shaped = append(res.Shaped, p)
 	}
 	return want
