@@ -280,7 +280,14 @@ int netshape_edt(struct __sk_buff *skb)
 	}
 
 	__u64 end = depart + cost;
-	bpf_map_update_elem(&netshape_flows, &fk, &end, BPF_ANY);
+	// A known flow's end is stored in place: the lookup above already
+	// marked its LRU entry as used, and one aligned 64-bit store is as
+	// atomic as the update, which would allocate and swap a whole element
+	// (~135 of the ~350 ns this program cost under BPF_PROG_TEST_RUN).
+	if (flow_end)
+		*flow_end = end;
+	else
+		bpf_map_update_elem(&netshape_flows, &fk, &end, BPF_ANY);
 
 	int marked = 0;
 	if (!express && cfg->ce_ns && backlog > cfg->ce_ns)
