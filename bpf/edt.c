@@ -50,7 +50,7 @@
 // drop stalls for about its minimum RTO (200 ms; a locally dropped packet
 // waits for the probe timer, a forwarded one for recovery). A bucket smaller
 // than the stall wastes the stall: with 20 ms a bulk flow got 12 % of the
-// rate, with 100 ms 52 %, with 300 ms 99.6-100.5 % (docs/DESIGN.md). The
+// rate, with 100 ms 52 %, with 300 ms 99.6-100.8 % (docs/MEASUREMENTS.md). The
 // backstop of a BUDGET_NOFQ budget allows this much more, so it never drops
 // what the no-fq policer passed.
 #define NOFQ_TOL_NS (300 * 1000000ULL)
