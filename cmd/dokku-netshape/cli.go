@@ -555,6 +555,9 @@ func printResult(res reconcile.Result) {
 		if s.Counted() {
 			what += " counted (no limit)"
 		}
+		if s.Degraded() {
+			what += " " + shaper.DegradedNoFq
+		}
 		fmt.Printf("-----> %s %s %s: %s\n", s.Container, s.Interface, what, res.BudgetLabel(s.Budget))
 	}
 	for _, u := range res.Unshaped {

@@ -315,6 +315,9 @@ func reportApp(ctx context.Context, r *reconcile.Reconciler, app string) (appRep
 		if s.Counted() {
 			item += " counted"
 		}
+		if s.Degraded() {
+			item += " (" + shaper.DegradedNoFq + ")"
+		}
 		shaped = append(shaped, item)
 	}
 	for _, u := range st.Unshaped {

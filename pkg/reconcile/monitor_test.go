@@ -2,13 +2,17 @@ package reconcile
 
 import (
 	"context"
+	"io"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
 	"github.com/dokku-netshape/dokku-netshape/pkg/dokku/dokkutest"
 	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
 	"github.com/dokku-netshape/dokku-netshape/test/nettest"
+	"github.com/dokku-netshape/dokku-netshape/test/tools/traffic"
 )
 
 // attachmentKinds lists an app's attachments as "device hook datapath budget", sorted.
@@ -82,5 +86,83 @@ func TestRootMonitorCountsAppsWithoutLimits(t *testing.T) {
 	}
 	if got := budgetNames(t, r.Shaper); len(got) != 0 {
 		t.Fatalf("budgets left: %q", got)
+	}
+}
+
+// A monitored app gets a limit and loses it again, live: its devices switch
+// from counting to enforcing (EDT with fq, the degraded policer without) and
+// back, on the same links, and its counters keep counting throughout.
+func TestRootMonitorSwitchesToLimitAndBack(t *testing.T) {
+	nettest.RequireRoot(t)
+	fq := nettest.HaveFq(t)
+	ctx := context.Background()
+	f := dokkutest.NewFixture(t)
+	f.AddApp("calm", "web", 1)
+	c, p := fakeContainer(t, "calm", "web", 1, 42)
+	r := &Reconciler{Env: f.Env, Docker: fakeDocker{"calm": {c}}, Shaper: openShaper(t), Monitor: true, Log: io.Discard}
+	eg, in := BudgetName("calm", DefaultScope, Egress), BudgetName("calm", DefaultScope, Ingress)
+	counting := []string{p.NameB + " police count " + eg, p.NameB + " shape count " + in}
+	if _, err := r.App(ctx, "calm"); err != nil {
+		t.Fatal(err)
+	}
+	if got := attachmentKinds(t, r.Shaper, "calm"); !slices.Equal(got, counting) {
+		t.Fatalf("monitored: %q, want %q", got, counting)
+	}
+	shaping := "edt"
+	if !fq {
+		shaping = "policing"
+	}
+	f.SetResource("calm", "", dokku.Limit, dokku.Network, "20mbit")
+	res, err := r.App(ctx, "calm")
+	if err != nil || res.Err() != nil {
+		t.Fatalf("limit set: %v %v", err, res.Err())
+	}
+	limited := []string{
+		p.NameA + " shape " + shaping + " " + eg,
+		p.NameB + " police edt " + eg,
+		p.NameB + " shape " + shaping + " " + in,
+	}
+	slices.Sort(limited)
+	if got := attachmentKinds(t, r.Shaper, "calm"); !slices.Equal(got, limited) {
+		t.Fatalf("limited: %q, want %q", got, limited)
+	}
+	if b, err := r.Shaper.Budget(in); err != nil || b.CountOnly || b.Rate != 20e6 {
+		t.Fatalf("budget %+v %v, want 20 Mbit/s", b, err)
+	}
+	if err := r.Env.Properties(dokku.ResourcePlugin).Delete("calm", "_default_.limit.network"); err != nil {
+		t.Fatal(err)
+	}
+	res, err = r.App(ctx, "calm")
+	if err != nil || res.Err() != nil {
+		t.Fatalf("limit cleared: %v %v", err, res.Err())
+	}
+	if got := attachmentKinds(t, r.Shaper, "calm"); !slices.Equal(got, counting) {
+		t.Fatalf("cleared: %q, want %q", got, counting)
+	}
+	if len(res.Removed) != 1 || res.Removed[0].Device.Name != p.NameA {
+		t.Fatalf("removed %+v, want only the container-side shaper", res.Removed)
+	}
+	for _, args := range [][]string{
+		{"ip", "netns", "exec", p.A.Name, "tc", "qdisc", "show", "dev", p.NameA},
+		{"tc", "qdisc", "show", "dev", p.NameB},
+	} {
+		if out := nettest.Run(t, args...); !strings.Contains(out, "noqueue 0: root") {
+			t.Fatalf("%v: our fq left behind: %s", args, out)
+		}
+	}
+	// Traffic after all that is still counted.
+	before, _ := r.Shaper.Budget(in)
+	ln, err := traffic.ListenIn(p.A.Path, p.IPA+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := traffic.NewSink(ln)
+	defer sink.Close()
+	if _, err := traffic.Send(ctx, traffic.SendOptions{Addr: sink.Addr().String(), Duration: 200 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	after, err := r.Shaper.Budget(in)
+	if err != nil || after.Stats.Bytes-before.Stats.Bytes < uint64(sink.Bytes()) {
+		t.Fatalf("ingress counted %d bytes for %d received (%v)", after.Stats.Bytes-before.Stats.Bytes, sink.Bytes(), err)
 	}
 }

@@ -229,7 +229,9 @@ func wantFor(wants []Want, proc string, dir Direction) (Want, bool) {
 // them to every interface of every running container, and removes whatever
 // this tool attached for the app that is no longer configured or running.
 // A device that cannot be shaped is left unshaped (never half-shaped) and
-// reported; App carries on with the others.
+// reported; App carries on with the others. On a kernel without sch_fq
+// (shaper.ErrNoFq) a device is enforced degraded instead: policed by the
+// program, no pacing (Shaped.Degraded, shaper.DegradedNoFq).
 func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 	res := Result{App: app}
 	if r.Shaper == nil {

@@ -270,6 +270,14 @@ func (s *Shaper) Attach(dev Device, budget string, opts AttachOptions) (Attachme
 		return Attachment{}, err
 	}
 
+	if dp == DatapathPolicing && cfg.Flags&budgetNoFq == 0 {
+		// Before the first packet is policed here: the budget's backstop
+		// must allow the no-fq policer's burst (bpf/edt.c BUDGET_NOFQ).
+		cfg.Flags |= budgetNoFq
+		if err := s.maps.NetshapeCfg.Update(id, cfg, ebpf.UpdateExist); err != nil {
+			return Attachment{}, fmt.Errorf("attach %s: mark budget %q as policed without fq: %w", dev, budget, err)
+		}
+	}
 	createdFq := false
 	if needsFq(hook, dp) {
 		if createdFq, err = ensureFq(ns, l, dev, opts.Force); err != nil {

@@ -45,8 +45,17 @@ const (
 	// maxGSO is the largest packet a socket hands the stack (64 KiB).
 	maxGSO = 64 << 10
 
-	// budgetCountOnly is BUDGET_COUNT_ONLY in bpf/edt.c (budget_cfg.flags).
+	// budgetCountOnly and budgetNoFq are BUDGET_COUNT_ONLY and BUDGET_NOFQ
+	// in bpf/edt.c (budget_cfg.flags).
 	budgetCountOnly = 1
+	budgetNoFq      = 2
+
+	// NoFqTolerance is NOFQ_TOL_NS in bpf/edt.c: the no-fq policer
+	// (DatapathPolicing) lets a budget's traffic run this far ahead of its
+	// clock (or the horizon, if longer), so TCP keeps its rate across the
+	// ~200 ms it stalls after a drop; a budget with such a device lets its
+	// backstop allow this much more than PoliceTolerance.
+	NoFqTolerance = 300 * time.Millisecond
 )
 
 // Budget is one rate shared by every device attached to it.
@@ -201,6 +210,14 @@ func (s *Shaper) UpsertBudget(b Budget) error {
 		return fmt.Errorf("create policer counters of budget %q: %w", b.Name, err)
 	}
 	cfg := b.cfg()
+	// Once a device polices the budget without fq, its backstop stays
+	// lenient for the budget's life (bpf/edt.c BUDGET_NOFQ): keep the flag.
+	var old edtBudgetCfg
+	if err := s.maps.NetshapeCfg.Lookup(id, &old); err == nil {
+		cfg.Flags |= old.Flags & budgetNoFq
+	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("read config of budget %q: %w", b.Name, err)
+	}
 	// The policer's config before the rate: a decrease must come with its
 	// credit already in place when the first packet sees the lower rate.
 	pcfg, err := s.policeCfg(id, b)
