@@ -32,12 +32,12 @@ func watchCommand() *cli.Command {
 			}
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			defer watchStats(os.Stderr)()
 			docker, err := newDocker()
 			if err != nil {
 				return fmt.Errorf("connect to Docker: %w", err)
 			}
 			defer docker.Close()
+			defer watchStats(os.Stderr, docker.CloseIdle)()
 			env := dokku.EnvFromOS()
 			// Metrics never cost the shaping: a bad or taken address is said
 			// loudly and the watcher goes on without an endpoint.
