@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
 	"github.com/dokku-netshape/dokku-netshape/pkg/rate"
 	"github.com/dokku-netshape/dokku-netshape/pkg/reconcile"
 	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
@@ -121,6 +122,12 @@ func renderResult(out, errw io.Writer, res reconcile.Result) {
 	budget := map[where]string{}
 	note := map[where]*reconcile.Cause{}
 	for _, s := range res.Shaped {
+		if s.Counted() {
+			continue // counting (--monitor) limits nothing: no line of its own
+		}
+		if _, retiring := dokku.RetiringName(res.App, s.Container); retiring {
+			continue // Dokku stops it after the deploy: not worth a line
+		}
 		k := where{s.Container, s.Interface, s.Direction}
 		if _, seen := budget[k]; !seen {
 			order = append(order, k)
@@ -147,7 +154,12 @@ func renderResult(out, errw io.Writer, res reconcile.Result) {
 		fmt.Fprintln(out, line)
 		n++
 	}
-	for _, a := range res.Removed {
+	// The registry's order is a hash map's: print in the devices' order.
+	removed := slices.Clone(res.Removed)
+	slices.SortFunc(removed, func(x, y shaper.Attachment) int {
+		return strings.Compare(x.Device.String()+x.Hook.String(), y.Device.String()+y.Hook.String())
+	})
+	for _, a := range removed {
 		what := "limit"
 		if a.Hook == shaper.HookPolice {
 			what = "egress backstop"
@@ -185,7 +197,7 @@ func renderResult(out, errw io.Writer, res reconcile.Result) {
 	for _, w := range res.Warnings {
 		fmt.Fprintf(errw, "%sWarning: %s\n", warnPfx, w)
 	}
-	if n == 0 && len(problems) == 0 && len(note) == 0 && len(res.Shaped) > 0 {
+	if n == 0 && len(problems) == 0 && len(note) == 0 && len(order) > 0 {
 		ifaces := len(order)
 		fmt.Fprintf(out, "%sNetwork limits of %s in force on %d interface direction(s), nothing to change\n", info1, res.App, ifaces)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -68,7 +69,7 @@ func TestDockerOutputGolden(t *testing.T) {
 		for from, to := range names {
 			s = strings.ReplaceAll(s, from, to)
 		}
-		return s
+		return sortRemoved(normStamps(s))
 	}
 	step := func(file string, wantCode int, argv ...string) outcome {
 		t.Helper()
@@ -209,3 +210,22 @@ func TestExitStatus(t *testing.T) {
 var vethName = regexp.MustCompile(`nsb?a?[0-9a-f]{6,}`)
 
 var _ = dokku.Limit
+
+// sortRemoved orders each run of "Removed" lines: they are in the veths' real
+// (random) names' order, which the normalised names do not keep.
+func sortRemoved(s string) string {
+	lines := strings.Split(s, "\n")
+	for i := 0; i < len(lines); {
+		j := i
+		for j < len(lines) && strings.HasPrefix(lines[j], "-----> Removed ") {
+			j++
+		}
+		if j > i {
+			slices.Sort(lines[i:j])
+			i = j
+		} else {
+			i++
+		}
+	}
+	return strings.Join(lines, "\n")
+}

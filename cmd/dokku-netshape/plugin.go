@@ -17,9 +17,11 @@ const pluginName = "netshape"
 var pluginCommands = []struct{ name, args, desc string }{
 	// set's full flag list would make every help line 200 columns wide.
 	{"set", "<app> [--process-type P] [LIMIT-FLAGS] [--no-apply] [--force]", "Set limits of an app and apply them to its running containers (flags: netshape:set --help)"},
+	{"set", "--global [--monitor on|off] [--metrics-addr HOST:PORT|off]", "Count every app's traffic (monitor) or serve Prometheus metrics from the watcher"},
 	{"clear", "<app> [--process-type P] (--egress|--ingress|--all) [--no-apply]", "Clear limits of an app"},
 	{"apply", "(<app>|--all) [--force]", "Make running containers enforce the configured limits"},
-	{"report", "[<app>] [--format stdout|json] [--netshape-FIELD]", "Show limits with shaped interfaces and counters"},
+	{"report", "[<app>] [--format stdout|json] [--netshape-FIELD] [--sample-window 500ms]", "Show limits with shaped interfaces and counters and current rates"},
+	{"top", "[--interval 1s] [--count N]", "Live view of who uses the network: rates against limits with drops and bypassed"},
 	{"help", "", "Show this help"},
 }
 
@@ -176,7 +178,9 @@ func runTrigger(name string, args []string) error {
 			return env.Properties(dokku.OwnerPlugin).Clone(args[0], args[1])
 		})
 	case "report":
-		return runReport(ctx, []string{args[0]}, os.Stdout)
+		// `dokku report` runs this once per app: a short sample keeps a
+		// host's whole report from waiting half a second per app.
+		return runReport(ctx, []string{args[0], "--sample-window", "100ms"}, os.Stdout)
 	case "install":
 		return install(ctx)
 	case "uninstall":

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -19,12 +20,14 @@ import (
 	"github.com/dokku-netshape/dokku-netshape/pkg/rate"
 	"github.com/dokku-netshape/dokku-netshape/pkg/reconcile"
 	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
+	"github.com/dokku-netshape/dokku-netshape/pkg/usage"
 )
 
 // reportFields are the `--netshape-FIELD` names, in display order.
 var reportFields = []string{
 	"egress", "ingress", "process-limits", "memory", "memory-swap", "cpus", "docker-options",
 	"shaped", "unshaped", "fixes", "warnings", "counters", "bypassed", "cluster",
+	"usage", "egress-rate", "ingress-rate",
 }
 
 // appReport is one app's report: every field as text, and the numbers that
@@ -37,6 +40,11 @@ type appReport struct {
 	// causes: why each unshaped interface (or container) is not shaped,
 	// and what fixes it; JSON gives them as objects.
 	causes []causeEntry
+	// usage: the app's budgets sampled now (reportusage.go); nil when the
+	// report did not sample.
+	usage                   []usage.Usage
+	egressRate, ingressRate float64
+	sampledFrom, sampledTo  time.Time
 }
 
 // causeEntry is one unshaped place and its cause, as report's JSON shows it.
@@ -62,7 +70,7 @@ func reportCommand() *cli.Command {
 	return &cli.Command{
 		Name:            "report",
 		Usage:           "show configured limits, shaped devices and counters",
-		ArgsUsage:       "[APP] [--format stdout|json] [--netshape-FIELD]",
+		ArgsUsage:       "[APP] [--format stdout|json] [--netshape-FIELD] [--sample-window 500ms]",
 		SkipFlagParsing: true, // Dokku's --netshape-FIELD flags are open-ended
 		Action: func(c *cli.Context) error {
 			return runReport(c.Context, c.Args().Slice(), os.Stdout)
@@ -74,6 +82,7 @@ type reportArgs struct {
 	app    string
 	format string
 	field  string
+	window time.Duration // --sample-window; 0: defaultSampleWindow
 }
 
 func parseReportArgs(args []string) (reportArgs, error) {
@@ -98,6 +107,23 @@ func parseReportArgs(args []string) (reportArgs, error) {
 				return ra, errors.New("--format given more than once")
 			}
 			ra.format, formatSet = v, true
+		case a == "--sample-window" || strings.HasPrefix(a, "--sample-window="):
+			v, ok := strings.CutPrefix(a, "--sample-window=")
+			if !ok {
+				if i+1 >= len(args) {
+					return ra, errors.New("--sample-window needs a duration, e.g. 500ms")
+				}
+				i++
+				v = args[i]
+			}
+			if ra.window != 0 {
+				return ra, errors.New("--sample-window given more than once")
+			}
+			d, err := parseSampleWindow(v)
+			if err != nil {
+				return ra, err
+			}
+			ra.window = d
 		case strings.HasPrefix(a, "--netshape-"):
 			f := strings.TrimPrefix(a, "--netshape-")
 			if !slices.Contains(reportFields, f) {
@@ -140,6 +166,10 @@ func runReport(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	return asRoot(ctx, append([]string{"report"}, args...), func() error {
+		rows, err := sampleUsage(ctx, ra, apps)
+		if err != nil {
+			return err
+		}
 		return withReconciler(ctx, false, func(r *reconcile.Reconciler) error {
 			// One app's broken property must not hide the others: each
 			// app's error goes in its own section, the exit status says
@@ -151,6 +181,9 @@ func runReport(ctx context.Context, args []string, out io.Writer) error {
 				if err != nil {
 					failed[app] = err
 					continue
+				}
+				if ra.needsUsage() {
+					rep.addUsage(app, rows)
 				}
 				all[app] = rep
 			}
@@ -245,6 +278,7 @@ func (a appReport) json() map[string]any {
 		causes = []causeEntry{}
 	}
 	out["netshape-causes"] = causes
+	a.usageJSON(out)
 	return out
 }
 
@@ -278,6 +312,9 @@ func reportApp(ctx context.Context, r *reconcile.Reconciler, app string) (appRep
 	}
 	var procLimits []string
 	for _, w := range st.Wants {
+		if w.Budget.CountOnly {
+			continue // monitored, not a limit
+		}
 		v := rate.Rate(w.Budget.Rate).String()
 		if w.Scope == reconcile.DefaultScope {
 			f[string(w.Direction)] = v
@@ -306,6 +343,9 @@ func reportApp(ctx context.Context, r *reconcile.Reconciler, app string) (appRep
 		if s.Backstop() {
 			item += " backstop"
 		}
+		if s.Counted() {
+			item += " counted"
+		}
 		if s.Note != nil {
 			item += " (" + s.Note.Summary + ")"
 			causes = append(causes, causeEntry{Container: s.Container, Interface: s.Interface, Direction: string(s.Direction), Cause: *s.Note})
@@ -325,7 +365,10 @@ func reportApp(ctx context.Context, r *reconcile.Reconciler, app string) (appRep
 		if w := c.where(); w != "" {
 			item = w + ": " + item
 		}
-		unshaped = append(unshaped, item)
+		// A degraded interface is shaped (its note is in "shaped"); its fix still counts.
+		if c.Code != reconcile.CodeDegraded {
+			unshaped = append(unshaped, item)
+		}
 		if c.Action != "" && !slices.Contains(fixes, c.Action) {
 			fixes = append(fixes, c.Action)
 		}

@@ -67,7 +67,7 @@ func fqFix() string {
 
 // DegradedSummary is what report and apply say of an interface that the
 // shaper enforces by policing alone, on a kernel without fq.
-const DegradedSummary = "degraded: policing, no pacing (kernel lacks sch_fq)"
+const DegradedSummary = shaper.DegradedNoFq
 
 // Degraded is the cause attached to an interface enforced by policing alone:
 // the limit holds (not a Problem), but TCP sees drops instead of pacing.

@@ -49,6 +49,20 @@ type Reconciler struct {
 	Force bool
 	// Interfaces maps a container netns to its veths; nil means veth.Interfaces.
 	Interfaces func(netnsPath string) ([]veth.Pair, error)
+	// Monitor counts what no limit covers: each direction of an app without
+	// a _default_ limit gets a count-only budget (shaper.Budget.CountOnly,
+	// named like the limit would be: BudgetName(app, DefaultScope, dir)),
+	// which every container of a process type without its own limit uses.
+	// Its counters are read like any budget's: Shaper.Budget(name).Stats
+	// (Bytes, Packets). Counting happens on the host-side veth (tc ingress
+	// for app egress, tc egress for app ingress: the container cannot skip
+	// it), without any qdisc, at a few tens of ns per packet; a veth whose
+	// peer is elsewhere is counted on the container side. Setting a limit on
+	// a monitored app and reconciling switches its devices to shaping live,
+	// and clearing it switches them back. Off (nil-value) means no counting.
+	// Set it on every Reconciler of a host alike (CLI, post-deploy, watcher),
+	// or one run's removals undo another's counting.
+	Monitor bool
 
 	// pruned: the shaper's records of vanished devices were pruned in this
 	// run (see pruneOnce); prune is Shaper.Prune unless a test counts it.
@@ -83,10 +97,22 @@ type Shaped struct {
 	// Note, when set, is what holds the limit with a caveat (Degraded:
 	// policed, not paced); apply and report say it every time.
 	Note *Cause
+	// Datapath is shaper.DatapathCount for a count-only budget (Monitor),
+	// shaper.DatapathPolicing for a shaping attachment degraded to a policer
+	// because the kernel lacks sch_fq, else shaper.DatapathEDT.
+	Datapath shaper.Datapath
 }
 
 // Backstop reports whether this is the host-side policer of app egress.
-func (s Shaped) Backstop() bool { return s.Hook == shaper.HookPolice }
+func (s Shaped) Backstop() bool {
+	return s.Hook == shaper.HookPolice && s.Datapath != shaper.DatapathCount
+}
+
+// Counted reports a count-only attachment: monitored, not limited.
+func (s Shaped) Counted() bool { return s.Datapath == shaper.DatapathCount }
+
+// Degraded reports a limit enforced without fq: shaper.DegradedNoFq.
+func (s Shaped) Degraded() bool { return s.Datapath == shaper.DatapathPolicing }
 
 // Unshaped is something that should carry a limit but does not, and why.
 type Unshaped struct {
@@ -182,31 +208,48 @@ func (r *Reconciler) Wants(app string, procs []string) ([]Want, error) {
 				Budget: shaper.Budget{Name: name, Rate: bps}})
 		}
 	}
+	if r.Monitor {
+		for _, dir := range []Direction{Egress, Ingress} {
+			name := BudgetName(app, DefaultScope, dir)
+			if !seen[name] {
+				out = append(out, Want{Scope: DefaultScope, Direction: dir, Budget: shaper.Budget{Name: name, CountOnly: true}})
+			}
+		}
+	}
 	return out, nil
 }
 
-// budgetFor picks the budget a process type's traffic in one direction uses.
+// budgetFor names the budget a process type's traffic in one direction uses.
 func budgetFor(wants []Want, proc string, dir Direction) (string, bool) {
-	fallback := ""
+	w, ok := wantFor(wants, proc, dir)
+	return w.Budget.Name, ok
+}
+
+// wantFor picks the want a process type's traffic in one direction uses.
+func wantFor(wants []Want, proc string, dir Direction) (Want, bool) {
+	var fallback Want
+	found := false
 	for _, w := range wants {
 		if w.Direction != dir {
 			continue
 		}
 		if w.Scope == proc {
-			return w.Budget.Name, true
+			return w, true
 		}
 		if w.Scope == DefaultScope {
-			fallback = w.Budget.Name
+			fallback, found = w, true
 		}
 	}
-	return fallback, fallback != ""
+	return fallback, found
 }
 
 // App reconciles one app: it creates or updates the app's budgets, attaches
 // them to every interface of every running container, and removes whatever
 // this tool attached for the app that is no longer configured or running.
 // A device that cannot be shaped is left unshaped (never half-shaped) and
-// reported; App carries on with the others.
+// reported; App carries on with the others. On a kernel without sch_fq
+// (shaper.ErrNoFq) a device is enforced degraded instead: policed by the
+// program, no pacing (Shaped.Degraded, shaper.DegradedNoFq).
 func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 	res := Result{App: app}
 	if r.Shaper == nil {
@@ -296,8 +339,9 @@ func (r *Reconciler) planContainer(c containers.Container, wants []Want, res *Re
 			Cause: forContainer(res.App, c.Name, cause), Err: err})
 		return nil
 	}
-	egress, hasEgress := budgetFor(wants, c.ProcessType, Egress)
-	ingress, hasIngress := budgetFor(wants, c.ProcessType, Ingress)
+	egressWant, hasEgress := wantFor(wants, c.ProcessType, Egress)
+	ingressWant, hasIngress := wantFor(wants, c.ProcessType, Ingress)
+	egress, ingress := egressWant.Budget.Name, ingressWant.Budget.Name
 	if !hasEgress && !hasIngress {
 		return nil
 	}
@@ -330,7 +374,22 @@ func (r *Reconciler) planContainer(c containers.Container, wants []Want, res *Re
 	var out []Shaped
 	for _, p := range pairs {
 		item := Shaped{Container: c.Name, ContainerID: c.ID, Process: c.ProcessType, Interface: p.ContainerIf.Name}
-		if hasEgress {
+		// Counted on the host side where it can be (out of the container's
+		// reach; app egress at the host veth's ingress, app ingress at its
+		// egress), else at the container-side device's opposite hook.
+		count := func(dir Direction, budget string, hostHook, ownHook shaper.Hook) {
+			it := item
+			it.Direction, it.Budget, it.Datapath = dir, budget, shaper.DatapathCount
+			if p.Peer == veth.PeerHost {
+				it.Device, it.Hook = shaper.Device{Name: p.HostIf.Name}, hostHook
+			} else {
+				it.Device, it.Hook = shaper.Device{Netns: path, Name: p.ContainerIf.Name}, ownHook
+			}
+			out = append(out, it)
+		}
+		if hasEgress && egressWant.Budget.CountOnly {
+			count(Egress, egress, shaper.HookPolice, shaper.HookShape)
+		} else if hasEgress {
 			item.Direction, item.Budget = Egress, egress
 			item.Device = shaper.Device{Netns: path, Name: p.ContainerIf.Name}
 			out = append(out, item)
@@ -347,6 +406,10 @@ func (r *Reconciler) planContainer(c containers.Container, wants []Want, res *Re
 			}
 		}
 		if !hasIngress {
+			continue
+		}
+		if ingressWant.Budget.CountOnly {
+			count(Ingress, ingress, shaper.HookShape, shaper.HookPolice)
 			continue
 		}
 		if p.Peer != veth.PeerHost {
@@ -386,9 +449,10 @@ func (r *Reconciler) Status(ctx context.Context, app string) (Result, error) {
 	}
 	if r.Shaper == nil {
 		for _, p := range planned {
-			if !p.Backstop() { // said once per interface and direction
-				unshaped(p, unknown(app))
+			if p.Backstop() || p.Counted() {
+				continue // said once per interface and direction; counting is no limit
 			}
+			unshaped(p, unknown(app))
 		}
 		return res, nil
 	}
@@ -396,14 +460,25 @@ func (r *Reconciler) Status(ctx context.Context, app string) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	attached := func(p Shaped) bool {
-		return slices.ContainsFunc(atts, func(a shaper.Attachment) bool {
-			return a.Device == p.Device && a.Budget == p.Budget && a.Hook == p.Hook
+	attachedAt := func(p Shaped) int {
+		return slices.IndexFunc(atts, func(a shaper.Attachment) bool {
+			return a.Device == p.Device && a.Budget == p.Budget && a.Hook == p.Hook &&
+				(a.Datapath == shaper.DatapathCount) == p.Counted()
 		})
 	}
+	attached := func(p Shaped) bool { return attachedAt(p) >= 0 }
 	for _, p := range planned {
-		if attached(p) {
+		if i := attachedAt(p); i >= 0 {
+			p.Datapath = atts[i].Datapath
+			if p.Degraded() {
+				d := Degraded(app)
+				p.Note = &d
+			}
 			res.Shaped = append(res.Shaped, p)
+			continue
+		}
+		if p.Counted() {
+			res.Warnings = append(res.Warnings, fmt.Sprintf("%s %s %s: not counted: run `dokku netshape:apply %s`", p.Container, p.Interface, p.Direction, app))
 			continue
 		}
 		if p.Backstop() {
@@ -421,7 +496,9 @@ func (r *Reconciler) Status(ctx context.Context, app string) (Result, error) {
 		cause := notAttached(app)
 		if r.slotsFull(p.Budget) {
 			cause = slotsFull()
-		} else if err := shaper.CheckAttach(p.Device, p.Hook); err != nil {
+		} else if err := shaper.CheckAttach(p.Device, p.Hook); err != nil && !errors.Is(err, shaper.ErrNoFq) {
+			// Without fq apply still enforces the limit (policing): its
+			// advice, not a missing fq's, is what helps here.
 			cause = causeOf(app, err)
 		}
 		unshaped(p, cause)
