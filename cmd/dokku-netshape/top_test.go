@@ -231,6 +231,7 @@ func TestRootTopPipedPrintsPlainLines(t *testing.T) {
 type tmuxSession struct {
 	t      *testing.T
 	socket string
+	status string // file the pane's shell writes top's exit status to
 }
 
 func newTmux(t *testing.T, width, height int, env []string, argv ...string) *tmuxSession {
@@ -241,9 +242,11 @@ func newTmux(t *testing.T, width, height int, env []string, argv ...string) *tmu
 		}
 		t.Skip("tmux not installed")
 	}
-	s := &tmuxSession{t: t, socket: "netshape-top-" + nettest.Suffix()}
+	s := &tmuxSession{t: t, socket: "netshape-top-" + nettest.Suffix(), status: filepath.Join(t.TempDir(), "status")}
 	t.Cleanup(func() { exec.Command("tmux", "-L", s.socket, "kill-server").Run() })
-	cmdline := "env " + strings.Join(env, " ") + " " + strings.Join(argv, " ")
+	// top's own exit status, written by the pane's shell the moment top has
+	// exited: tmux notices a pane's end later, under load seconds later.
+	cmdline := "env " + strings.Join(env, " ") + " " + strings.Join(argv, " ") + "; echo $? > " + s.status
 	s.run("-f", "/dev/null", "new-session", "-d", "-s", "top", "-x", fmt.Sprint(width), "-y", fmt.Sprint(height), cmdline)
 	s.run("set-option", "-t", "top", "remain-on-exit", "on")
 	return s
@@ -281,8 +284,8 @@ func (s *tmuxSession) waitFor(what string, d time.Duration, ok func(screen strin
 func (s *tmuxSession) waitExit(after string) string {
 	s.t.Helper()
 	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-		if st := s.format("#{pane_dead_status}"); s.format("#{pane_dead}") == "1" && st != "" {
-			return st
+		if b, err := os.ReadFile(s.status); err == nil && strings.HasSuffix(string(b), "\n") {
+			return strings.TrimSpace(string(b))
 		}
 	}
 	s.t.Fatalf("top still running 10s after %s:\n%s", after, s.screen())
