@@ -124,7 +124,10 @@ func rows(cs []cells.Cell, k string, d cells.Dir, rate float64) []cells.Cell {
 		if a.Flows != b.Flows {
 			return a.Flows - b.Flows
 		}
-		return slices.Index(cells.Schemes, a.Scheme) - slices.Index(cells.Schemes, b.Scheme)
+		if a.Scheme != b.Scheme {
+			return slices.Index(cells.Schemes, a.Scheme) - slices.Index(cells.Schemes, b.Scheme)
+		}
+		return strings.Compare(b.Bracket, a.Bracket) // before, then after
 	})
 	return out
 }
@@ -134,7 +137,7 @@ func table(b *strings.Builder, cs []cells.Cell, k string, d cells.Dir, rate floa
 	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range rows(cs, k, d, rate) {
 		if c.Error != "" {
-			fmt.Fprintf(b, "| %d | %s | error: %s | | | | | | | | |\n", c.Flows, c.Scheme, oneLine(c.Error))
+			fmt.Fprintf(b, "| %d | %s | error: %s | | | | | | | | |\n", c.Flows, c.Label(), oneLine(c.Error))
 			continue
 		}
 		pct := "—"
@@ -146,7 +149,7 @@ func table(b *strings.Builder, cs []cells.Cell, k string, d cells.Dir, rate floa
 			lost = fmt.Sprintf(" (%d lost)", c.Ping.Lost)
 		}
 		fmt.Fprintf(b, "| %d | %s | %.2f | %s | %.2f | %s / %s%s | %s / %s | %s / %s (%d) | %d | %d | %.2f |\n",
-			c.Flows, c.Scheme, c.MeanBps/1e6, pct, c.FirstBps/1e6, ms(c.Ping.P50), ms(c.Ping.P99), lost, ms(c.RR.P50), ms(c.RR.P99),
+			c.Flows, c.Label(), c.MeanBps/1e6, pct, c.FirstBps/1e6, ms(c.Ping.P50), ms(c.Ping.P99), lost, ms(c.RR.P50), ms(c.RR.P99),
 			ms(c.Xfer.P50), ms(c.Xfer.P90), c.Xfer.Count, c.Retrans, c.Drops, c.CPUPerGB)
 	}
 }

@@ -15,8 +15,9 @@ import (
 )
 
 // Plots draws, for every kernel, direction and rate, the receiver rate over time of each scheme
-// (at the matrix's fewest flows) and the CDF of each scheme's TCP request/response round trips beside
-// the bulk flows (at the most flows), as PNGs in dir. It returns the files' paths.
+// (at the matrix's fewest flows) and the CDF of each scheme's ping round trips beside the bulk flows
+// (at the most flows; 20 Hz whatever the delay, where the one-at-a-time RR flow gets few samples once
+// the queue is a second long), as PNGs in dir. It returns the files' paths.
 func Plots(run Run, dir string) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("plots: %w", err)
@@ -47,7 +48,7 @@ func Plots(run Run, dir string) ([]string, error) {
 				}
 				out = append(out, f)
 				last := flows[len(flows)-1]
-				p, err = cdfPlot(rs, last, fmt.Sprintf("%s %s, %g Mbit/s limit, %d flows: TCP RR round trip", k.Series, d, rate/1e6, last))
+				p, err = cdfPlot(rs, last, fmt.Sprintf("%s %s, %g Mbit/s limit, %d flows: ping round trip beside the bulk flows", k.Series, d, rate/1e6, last))
 				if err != nil {
 					return nil, err
 				}
@@ -67,28 +68,30 @@ func Plots(run Run, dir string) ([]string, error) {
 func ratePlot(rs []cells.Cell, flows int, rate float64, title string) (*plot.Plot, error) {
 	p := plot.New()
 	p.Title.Text = title
-	p.X.Label.Text = "seconds since the bulk flows started"
+	p.X.Label.Text = "seconds since the bulk flows started (mean over each half second)"
 	p.Y.Label.Text = "Mbit/s (payload at the receiver)"
-	p.Y.Min, p.Y.Max = 0, 3*rate/1e6
 	p.Legend.Top = true
-	i := 0
 	for _, c := range rs {
 		if c.Flows != flows || len(c.SeriesBps) == 0 {
 			continue
 		}
-		pts := make(plotter.XYs, len(c.SeriesBps))
-		for j, v := range c.SeriesBps {
-			pts[j].X, pts[j].Y = float64(j+1)*c.SeriesStep, v/1e6
+		// Half-second bins: under TCG the guest delivers in bursts, and 100 ms bins mostly show those.
+		per := max(1, int(0.5/c.SeriesStep+0.5))
+		var pts plotter.XYs
+		for j := 0; j+per <= len(c.SeriesBps); j += per {
+			sum := 0.0
+			for _, v := range c.SeriesBps[j : j+per] {
+				sum += v
+			}
+			pts = append(pts, plotter.XY{X: float64(j+per) * c.SeriesStep, Y: sum / float64(per) / 1e6})
 		}
 		l, err := plotter.NewLine(pts)
 		if err != nil {
 			return nil, fmt.Errorf("rate plot %s: %w", c.Scheme, err)
 		}
-		l.Color, l.Dashes = plotutil.Color(i), plotutil.Dashes(i)
-		l.Width = vg.Points(1.5)
+		style(l, c)
 		p.Add(l)
-		p.Legend.Add(string(c.Scheme), l)
-		i++
+		p.Legend.Add(c.Label(), l)
 	}
 	limit, err := plotter.NewLine(plotter.XYs{{X: 0, Y: rate / 1e6}, {X: maxSeconds(rs), Y: rate / 1e6}})
 	if err != nil {
@@ -97,6 +100,8 @@ func ratePlot(rs []cells.Cell, flows int, rate float64, title string) (*plot.Plo
 	limit.Width = vg.Points(0.5)
 	p.Add(limit)
 	p.Legend.Add("limit (wire)", limit)
+	// After Add, which widens the axes to the data: lines above are clipped.
+	p.Y.Min, p.Y.Max = 0, 3*rate/1e6
 	return p, nil
 }
 
@@ -108,6 +113,18 @@ func maxSeconds(rs []cells.Cell) float64 {
 	return m
 }
 
+// style gives a scheme the same colour in every plot; no-limit's second run is dashed.
+func style(l *plotter.Line, c cells.Cell) {
+	i := slices.Index(cells.Schemes, c.Scheme)
+	l.Color, l.Width = plotutil.Color(i), vg.Points(1.5)
+	if i > 0 {
+		l.Dashes = plotutil.Dashes(i)
+	}
+	if c.Bracket == "after" {
+		l.Dashes = []vg.Length{vg.Points(2), vg.Points(2)}
+	}
+}
+
 // cdfPlot: the share of round trips at or below x ms, x on a log scale.
 func cdfPlot(rs []cells.Cell, flows int, title string) (*plot.Plot, error) {
 	p := plot.New()
@@ -117,12 +134,12 @@ func cdfPlot(rs []cells.Cell, flows int, title string) (*plot.Plot, error) {
 	p.X.Scale, p.X.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
 	p.Y.Min, p.Y.Max = 0, 1
 	p.Legend.Top, p.Legend.Left = true, true
-	i := 0
+	n := 0
 	for _, c := range rs {
-		if c.Flows != flows || len(c.RR.Samples) == 0 {
+		if c.Flows != flows || len(c.Ping.Samples) == 0 {
 			continue
 		}
-		s := slices.Sorted(slices.Values(c.RR.Samples))
+		s := slices.Sorted(slices.Values(c.Ping.Samples))
 		pts := make(plotter.XYs, len(s))
 		for j, v := range s {
 			pts[j].X, pts[j].Y = max(v, 0.01), float64(j+1)/float64(len(s))
@@ -131,13 +148,12 @@ func cdfPlot(rs []cells.Cell, flows int, title string) (*plot.Plot, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cdf plot %s: %w", c.Scheme, err)
 		}
-		l.Color, l.Dashes = plotutil.Color(i), plotutil.Dashes(i)
-		l.Width = vg.Points(1.5)
+		style(l, c)
 		p.Add(l)
-		p.Legend.Add(string(c.Scheme), l)
-		i++
+		p.Legend.Add(c.Label(), l)
+		n++
 	}
-	if i == 0 {
+	if n == 0 {
 		return nil, fmt.Errorf("cdf plot %q: no round-trip samples", title)
 	}
 	return p, nil

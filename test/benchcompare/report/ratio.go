@@ -15,7 +15,7 @@ type Metric struct {
 
 // Metrics the headline compares dokku-netshape on.
 var Metrics = []Metric{
-	{"rate_error", "rate error (|mean − limit| / limit, payload)", func(c cells.Cell) (float64, bool) {
+	{"rate_error", "rate error: abs(mean − limit) ÷ limit, as payload", func(c cells.Cell) (float64, bool) {
 		if c.ExpectedBps <= 0 {
 			return 0, false
 		}
