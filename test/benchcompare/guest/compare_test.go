@@ -135,28 +135,33 @@ func TestVMBenchCompare(t *testing.T) {
 		rate float64
 		on   bool
 	}
-	off := func() {
+	// off takes the current scheme off; false when the devices are not bare afterwards.
+	off := func() bool {
 		if !cur.on {
-			return
+			return true
 		}
+		cur.on = false
 		if err := schemes[cur.s].remove(ctx); err != nil {
 			t.Errorf("remove %s: %v", cur.s, err)
 		}
+		clean := true
 		for _, dv := range devs {
 			if err := dv.bare(ctx); err != nil {
 				t.Errorf("after removing %s: %v", cur.s, err)
+				clean = false
 			}
 		}
-		cur.on = false
+		return clean
 	}
 	for _, sp := range specs {
 		if time.Since(start) > budget {
-			all = append(all, cells.Cell{Spec: sp, Kernel: vmresult.Kernel(), Error: fmt.Sprintf("not run: the %s budget was spent", budget)})
+			c := cells.Cell{Spec: sp, Kernel: vmresult.Kernel(), Error: fmt.Sprintf("not run: the %s budget was spent", budget)}
+			all = append(all, c)
+			report(t, c)
 			continue
 		}
 		if !cur.on || cur.s != sp.Scheme || cur.rate != sp.Rate {
-			off()
-			if t.Failed() {
+			if !off() {
 				t.Fatal("a scheme left state behind; later cells would measure it")
 			}
 			t0 := time.Now()
@@ -164,7 +169,9 @@ func TestVMBenchCompare(t *testing.T) {
 				t.Errorf("apply %s at %g: %v", sp.Scheme, sp.Rate, err)
 				cur.s, cur.rate, cur.on = sp.Scheme, sp.Rate, true
 				off()
-				all = append(all, cells.Cell{Spec: sp, Kernel: vmresult.Kernel(), Error: "apply: " + err.Error()})
+				c := cells.Cell{Spec: sp, Kernel: vmresult.Kernel(), Error: "apply: " + err.Error()}
+				all = append(all, c)
+				report(t, c)
 				continue
 			}
 			cur.s, cur.rate, cur.on = sp.Scheme, sp.Rate, true
