@@ -74,27 +74,22 @@ func (d dev) bare(ctx context.Context) error {
 
 var droppedRe = regexp.MustCompile(`\(dropped (\d+),`)
 
-// qdiscDrops sums the drop counters of the device's qdiscs, clsact/ingress left out: a BPF drop
-// there is counted by the scheme's own counter.
+// qdiscDrops is the drop counter of the device's root qdisc. A classful or chaining root (htb,
+// netem over tbf) counts its children's drops too, so summing every qdisc would count them twice; a
+// BPF drop at clsact is counted by the scheme's own counter.
 func (d dev) qdiscDrops(ctx context.Context) (int64, error) {
-	out, err := d.tc(ctx, "-s", "qdisc", "show", "dev", d.name)
+	out, err := d.tc(ctx, "-s", "qdisc", "show", "dev", d.name, "root")
 	if err != nil {
 		return 0, err
 	}
-	var sum int64
-	skip := false
-	for _, l := range strings.Split(out, "\n") {
-		if strings.HasPrefix(l, "qdisc ") {
-			f := strings.Fields(l)
-			skip = len(f) > 1 && (f[1] == "clsact" || f[1] == "ingress")
-			continue
+	m := droppedRe.FindStringSubmatch(out)
+	if m == nil {
+		if strings.HasPrefix(strings.TrimSpace(out), "qdisc noqueue ") {
+			return 0, nil // no qdisc, nothing to drop
 		}
-		if m := droppedRe.FindStringSubmatch(l); m != nil && !skip {
-			n, _ := strconv.ParseInt(m[1], 10, 64)
-			sum += n
-		}
+		return 0, fmt.Errorf("%s: no drop counter in %q", d, out)
 	}
-	return sum, nil
+	return strconv.ParseInt(m[1], 10, 64)
 }
 
 // scheme is one shaper as the harness puts it on and takes it off the two devices.
