@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -110,16 +111,19 @@ func (k *kept) close() {
 	}
 }
 
-// shape is the watcher's start path: one container, at once.
-func (k *kept) shape(ctx context.Context, app, id string) (string, error) {
+// shape is the watcher's start path: one container, at once. Docker is
+// asked about it before the lock is taken, so its answer overlaps the wait.
+func (k *kept) shape(ctx context.Context, ev containers.Event) (string, error) {
+	in := reconcile.StartInspect(ctx, k.docker, ev.ID)
 	var summary string
 	err := k.do(func(r *reconcile.Reconciler) error {
-		res, err := r.Container(ctx, app, id)
+		res, err := r.Started(ctx, ev.App, ev.ProcessType, in)
 		if err != nil {
 			return err
 		}
 		printResult(res)
-		summary = fmt.Sprintf("%d device(s) shaped", len(res.Shaped))
+		// Both directions are in force from ShapedAt; the backstops follow.
+		summary = fmt.Sprintf("%d device(s) shaped (both directions by %s)", len(res.Shaped), res.ShapedAt.UTC().Format(time.RFC3339Nano))
 		if len(res.Wants) == 0 {
 			summary = "no network limit configured"
 		}

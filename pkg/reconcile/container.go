@@ -13,25 +13,71 @@ type Inspector interface {
 	Inspect(ctx context.Context, id string) (containers.Container, error)
 }
 
+// Inspection is a container inspect already under way: the watcher starts
+// it before it takes the reconcile lock, so Docker's answer (which waits for
+// dockerd to finish the start) overlaps the lock and the property reads.
+type Inspection struct {
+	ID   string
+	done chan struct{}
+	c    containers.Container
+	err  error
+}
+
+// StartInspect begins inspecting container id on its own goroutine.
+func StartInspect(ctx context.Context, insp Inspector, id string) *Inspection {
+	in := &Inspection{ID: id, done: make(chan struct{})}
+	go func() {
+		defer close(in.done)
+		in.c, in.err = insp.Inspect(ctx, id)
+	}()
+	return in
+}
+
+func (in *Inspection) wait(ctx context.Context) (containers.Container, error) {
+	select {
+	case <-in.done:
+		return in.c, in.err
+	case <-ctx.Done():
+		return containers.Container{}, ctx.Err()
+	}
+}
+
 // Container shapes one running container of app the moment it starts: the
 // budgets its process type uses are upserted and every interface attached,
 // planned exactly as App plans it. It removes nothing: what a start makes
 // stale (the old container's records) is App's job at the next reconcile.
-// The watcher calls it so a new netns is not left unshaped while a whole
-// app is reconciled. r.Docker must also be an Inspector.
+// r.Docker must also be an Inspector.
 func (r *Reconciler) Container(ctx context.Context, app, id string) (Result, error) {
+	insp, ok := r.Docker.(Inspector)
+	if !ok {
+		return Result{App: app}, errors.New("reconcile: Docker client cannot inspect containers")
+	}
+	return r.Started(ctx, app, "", StartInspect(ctx, insp, id))
+}
+
+// Started is Container for a start whose inspect is already under way. The
+// watcher calls it so a new netns is not left unshaped while a whole app is
+// reconciled. proc is the process type the start event's labels name ("" if
+// unknown): the app's limits are read for it while Docker answers, and read
+// again only if the container turns out to be of another type.
+func (r *Reconciler) Started(ctx context.Context, app, proc string, in *Inspection) (Result, error) {
 	res := Result{App: app}
 	if r.Shaper == nil {
 		return res, errors.New("reconcile: no shaper")
 	}
-	insp, ok := r.Docker.(Inspector)
-	if !ok {
-		return res, errors.New("reconcile: Docker client cannot inspect containers")
+	var err error
+	if res.Scheduler, err = r.remote(app); err != nil || res.Scheduler != "" {
+		return res, err // a k3s app: its cluster's CNI enforces the limits
 	}
-	c, err := insp.Inspect(ctx, id)
+	var early []Want
+	var earlyErr error
+	if proc != "" {
+		early, earlyErr = r.Wants(app, []string{proc})
+	}
+	c, err := in.wait(ctx)
 	switch {
 	case errors.Is(err, containers.ErrGone):
-		res.Unshaped = append(res.Unshaped, Unshaped{Container: id, Reason: "removed before it could be shaped"})
+		res.Unshaped = append(res.Unshaped, Unshaped{Container: in.ID, Reason: "removed before it could be shaped"})
 		return res, nil
 	case err != nil:
 		return res, err
@@ -41,11 +87,13 @@ func (r *Reconciler) Container(ctx context.Context, app, id string) (Result, err
 		res.Unshaped = append(res.Unshaped, Unshaped{Container: c.Name, Process: c.ProcessType, Reason: "not running"})
 		return res, nil
 	}
-	if res.Scheduler, err = r.remote(app); err != nil || res.Scheduler != "" {
-		return res, err // a k3s app: its cluster's CNI enforces the limits
-	}
 	list := []containers.Container{c}
-	if res.Wants, err = r.Wants(app, processTypes(list)); err != nil {
+	if proc != "" && proc == c.ProcessType {
+		res.Wants, err = early, earlyErr
+	} else {
+		res.Wants, err = r.Wants(app, processTypes(list))
+	}
+	if err != nil {
 		return res, err
 	}
 	for _, w := range res.Wants {

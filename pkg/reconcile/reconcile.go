@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"time"
 
 	"github.com/dokku-netshape/dokku-netshape/pkg/containers"
 	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
@@ -102,6 +103,9 @@ type Result struct {
 	Unshaped []Unshaped
 	Warnings []string // shaped, but the container could undo it
 	Removed  []shaper.Attachment
+	// ShapedAt is when both directions were attached everywhere this run
+	// could attach them; the egress backstops follow (see attach).
+	ShapedAt time.Time
 	// Scheduler is set ("k3s") when the app's pods run in a cluster whose
 	// CNI enforces its limits (pkg/k3s): nothing is attached here for it.
 	Scheduler string
@@ -255,38 +259,6 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 		}
 	}
 	return res, nil
-}
-
-// attach makes each planned device enforce its budget, recording failures in
-// res, and returns the devices (with hook) now enforcing which budget. App
-// and Container share it, so a start is shaped exactly as a reconcile would.
-func (r *Reconciler) attach(planned []Shaped, res *Result) map[devID]string {
-	want := map[devID]string{} // device and hook -> budget it must enforce
-	unshapedEgress := map[[2]string]bool{}
-	for _, p := range planned {
-		where := [2]string{p.Container, p.Interface}
-		if p.Backstop() && unshapedEgress[where] {
-			// Fail open: the backstop's tolerance assumes EDT paces the
-			// interface; without it the policer would be the limit.
-			continue
-		}
-		a, err := r.Shaper.Attach(p.Device, p.Budget, shaper.AttachOptions{Force: r.Force, Hook: p.Hook})
-		if err != nil {
-			if p.Direction == Egress && !p.Backstop() {
-				unshapedEgress[where] = true
-			}
-			reason := "attach failed"
-			if p.Backstop() {
-				reason = "backstop attach failed (egress stays shaped at the source)"
-			}
-			res.Unshaped = append(res.Unshaped, Unshaped{Container: p.Container, Process: p.Process,
-				Interface: p.Interface, Direction: p.Direction, Reason: reason, Err: err})
-			continue
-		}
-		want[devID{a.NetnsIno, a.Ifindex, a.Hook}] = p.Budget
-		res.Shaped = append(res.Shaped, p)
-	}
-	return want
 }
 
 type devID struct {

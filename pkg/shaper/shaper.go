@@ -41,8 +41,10 @@ type Options struct {
 	PinDir string
 }
 
-// Shaper holds the pinned maps. It is safe for use by one goroutine at a time
-// per method; callers serialise reconciles across processes (see pkg/reconcile).
+// Shaper holds the pinned maps. Attach may run on several goroutines at once
+// for different devices (the hooks of one device go one after the other);
+// budget changes and detaches are for one goroutine at a time. Callers
+// serialise reconciles across processes (see pkg/reconcile).
 type Shaper struct {
 	pinDir string
 	spec   *ebpf.CollectionSpec

@@ -39,10 +39,10 @@ type Watcher struct {
 	Source Source
 	// Config, if set, reports property changes (nil: Docker events only).
 	Config ConfigSource
-	// Shape shapes one just-started container of app (reconcile.Container)
+	// Shape shapes the container a start event names (reconcile.Started)
 	// and sums up what it did for the log. nil means Reconcile the app at
 	// once. An error schedules a Reconcile.
-	Shape     func(ctx context.Context, app, id string) (string, error)
+	Shape     func(ctx context.Context, ev containers.Event) (string, error)
 	Reconcile func(ctx context.Context, app string) error
 	// Resync reconciles everything; called at start and after every
 	// reconnect, since events may have been missed while disconnected.
@@ -194,7 +194,7 @@ func (w *Watcher) shape(ctx context.Context, ev containers.Event) bool {
 	t0 := time.Now()
 	summary, err := "app reconciled", error(nil)
 	if w.Shape != nil {
-		summary, err = w.Shape(ctx, ev.App, ev.ID)
+		summary, err = w.Shape(ctx, ev)
 	} else {
 		err = w.Reconcile(ctx, ev.App)
 	}

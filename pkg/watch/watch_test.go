@@ -65,7 +65,8 @@ func newRecorder() *recorder { return &recorder{calls: map[string]int{}} }
 func (r *recorder) watcher(src Source) *Watcher {
 	return &Watcher{
 		Source: src,
-		Shape: func(_ context.Context, app, id string) (string, error) {
+		Shape: func(_ context.Context, ev containers.Event) (string, error) {
+			app, id := ev.App, ev.ID
 			r.mu.Lock()
 			defer r.mu.Unlock()
 			r.shaped = append(r.shaped, app+"/"+id)

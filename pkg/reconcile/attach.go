@@ -1,0 +1,98 @@
+package reconcile
+
+import (
+	"sync"
+	"time"
+
+	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
+)
+
+// parallelAttaches bounds how many devices are attached at once. Most of an
+// attach is the kernel's (a TCX attach waits out an RCU grace period, and
+// they all queue on the RTNL lock), so more goroutines would only wait longer.
+const parallelAttaches = 4
+
+// attach makes each planned device enforce its budget, recording failures in
+// res, and returns the devices (with hook) now enforcing which budget. App
+// and Container share it, so a start is shaped exactly as a reconcile would.
+//
+// Two waves, each device of a wave on its own goroutine: a started container
+// runs unshaped until both its directions are attached, and one device's
+// netns and netlink work overlaps the kernel's wait on another. The first
+// wave shapes (EDT on every interface, both directions); res.ShapedAt marks
+// its end. The second adds the egress backstops, only where the first wave
+// shaped the interface's egress: the backstop's tolerance assumes EDT paces
+// the traffic, so alone it would become the limit (fail open instead). A
+// device's hooks are never attached at once (without TCX they share one
+// clsact qdisc).
+func (r *Reconciler) attach(planned []Shaped, res *Result) map[devID]string {
+	var shapes, backstops []Shaped
+	for _, p := range planned {
+		if p.Backstop() {
+			backstops = append(backstops, p)
+		} else {
+			shapes = append(shapes, p)
+		}
+	}
+	want := map[devID]string{} // device and hook -> budget it must enforce
+	egressShaped := map[[2]string]bool{}
+	for _, o := range r.attachAll(shapes) {
+		if r.record(o, res, want) && o.p.Direction == Egress {
+			egressShaped[[2]string{o.p.Container, o.p.Interface}] = true
+		}
+	}
+	res.ShapedAt = time.Now()
+	var guarded []Shaped
+	for _, p := range backstops {
+		if egressShaped[[2]string{p.Container, p.Interface}] {
+			guarded = append(guarded, p)
+		}
+	}
+	for _, o := range r.attachAll(guarded) {
+		r.record(o, res, want)
+	}
+	return want
+}
+
+type attached struct {
+	p   Shaped
+	a   shaper.Attachment
+	err error
+}
+
+// attachAll attaches planned (each device at most once) in parallel and
+// returns the outcomes in planned's order.
+func (r *Reconciler) attachAll(planned []Shaped) []attached {
+	out := make([]attached, len(planned))
+	slots := make(chan struct{}, parallelAttaches)
+	var wg sync.WaitGroup
+	for i, p := range planned {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			a, err := r.Shaper.Attach(p.Device, p.Budget, shaper.AttachOptions{Force: r.Force, Hook: p.Hook})
+			out[i] = attached{p, a, err}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// record notes one outcome in res and want; true if the device is attached.
+func (r *Reconciler) record(o attached, res *Result, want map[devID]string) bool {
+	p := o.p
+	if o.err != nil {
+		reason := "attach failed"
+		if p.Backstop() {
+			reason = "backstop attach failed (egress stays shaped at the source)"
+		}
+		res.Unshaped = append(res.Unshaped, Unshaped{Container: p.Container, Process: p.Process,
+			Interface: p.Interface, Direction: p.Direction, Reason: reason, Err: o.err})
+		return false
+	}
+	want[devID{o.a.NetnsIno, o.a.Ifindex, o.a.Hook}] = p.Budget
+	res.Shaped = append(res.Shaped, p)
+	return true
+}
