@@ -25,8 +25,8 @@ const (
 	NoLimit    Scheme = "no-limit"
 )
 
-// Schemes in the order the harness runs them and the tables list them. No-limit runs first and
-// again last (Spec.Bracket), so the path's own capacity is known from around the whole run.
+// Schemes in the order the harness runs them at each position of the matrix and the tables list
+// them.
 var Schemes = []Scheme{NoLimit, Netshape, CiliumEDT, TBFSane, DockerTC, HTB, TBFRuntime}
 
 // Describe says what a scheme is, as the report prints it.
@@ -45,7 +45,7 @@ func (s Scheme) Describe() string {
 	case CiliumEDT:
 		return "EDT + fq as Cilium's bandwidth manager stamps it: one departure clock per device, 2 s drop horizon, no express path, no lock (the bench's own BPF program, built in Go with cilium/ebpf's asm package)"
 	case NoLimit:
-		return "nothing attached: the path's own capacity in this guest, measured before and after the schemes"
+		return "nothing attached: the path's own capacity in this guest at that moment"
 	}
 	return string(s)
 }
@@ -74,9 +74,13 @@ type Matrix struct {
 	Settle  time.Duration // pause between cells, for queues to drain
 }
 
-// Named returns a matrix by name: "full" (the default: 6 schemes × 2 rates × 2 directions × 3 flow
-// counts + no-limit, 5 s cells, ~10 minutes per kernel under TCG) or "ci" (20 Mbit/s, 1 and 16 flows,
-// 4 s cells, ~3 minutes). cell overrides the cell length when non-zero.
+// applyCost is what putting a scheme on and taking it off costs per cell under TCG (dokku-netshape's
+// set and clear take 1-3 s, a tc chain a few hundred ms).
+const applyCost = time.Second
+
+// Named returns a matrix by name: "full" (the default: 7 schemes × 2 rates × 2 directions × 3 flow
+// counts, 5 s cells, ~10 minutes per kernel under TCG) or "ci" (20 Mbit/s, 1 and 16 flows, 4 s cells,
+// ~3 minutes). cell overrides the cell length when non-zero.
 func Named(name string, cell time.Duration) (Matrix, error) {
 	m := Matrix{Name: name, Schemes: Schemes, Dirs: []Dir{Egress, Ingress}, Probe: time.Second, Settle: time.Second}
 	switch name {
@@ -100,51 +104,34 @@ func Named(name string, cell time.Duration) (Matrix, error) {
 type Spec struct {
 	Scheme Scheme  `json:"scheme"`
 	Dir    Dir     `json:"dir"`
-	Rate   float64 `json:"rate_bps"` // 0 for no-limit
+	Rate   float64 `json:"rate_bps"` // the limit; for no-limit, the limit of the schemes it was measured beside
 	Flows  int     `json:"flows"`
-	// Bracket is "before" or "after" for no-limit, which runs at both ends of the run.
-	Bracket string `json:"bracket,omitempty"`
 }
 
 // Label is the scheme as a table row names it.
-func (s Spec) Label() string {
-	if s.Bracket != "" {
-		return fmt.Sprintf("%s (%s)", s.Scheme, s.Bracket)
-	}
-	return string(s.Scheme)
-}
+func (s Spec) Label() string { return string(s.Scheme) }
 
-// Specs lists the cells grouped as the harness runs them: per scheme, per rate (one attach), per
-// direction and flow count.
+// Specs lists the cells in the order the harness runs them: for each position (rate, direction,
+// flows) every scheme in turn, each put on just for its cell. Under TCG the guest's speed drifts with
+// the host's load over minutes; interleaving keeps the schemes of one position (and the no-limit
+// reference they are checked against) seconds apart.
 func (m Matrix) Specs() []Spec {
 	var out []Spec
-	free := func(bracket string) {
+	for _, r := range m.Rates {
 		for _, d := range m.Dirs {
 			for _, f := range m.Flows {
-				out = append(out, Spec{Scheme: NoLimit, Dir: d, Flows: f, Bracket: bracket})
-			}
-		}
-	}
-	free("before")
-	for _, s := range m.Schemes {
-		if s == NoLimit {
-			continue
-		}
-		for _, r := range m.Rates {
-			for _, d := range m.Dirs {
-				for _, f := range m.Flows {
+				for _, s := range m.Schemes {
 					out = append(out, Spec{Scheme: s, Dir: d, Rate: r, Flows: f})
 				}
 			}
 		}
 	}
-	free("after")
 	return out
 }
 
 // Estimate is how long the cells take, without boot and scheme setup.
 func (m Matrix) Estimate() time.Duration {
-	return time.Duration(len(m.Specs())) * (m.Cell + m.Settle)
+	return time.Duration(len(m.Specs())) * (m.Cell + m.Settle + applyCost)
 }
 
 // Cell is one measured cell. Rates are TCP payload at the receiver; times in ms.
@@ -206,17 +193,15 @@ func Goodput(mtu int) float64 { return float64(mtu-52) / float64(mtu+14) }
 
 // Check is the harness's guard against a pretty but wrong table: every shaping scheme's long-run
 // rate is below 1.5× its limit, the runtime-burst TBF is above 2× (its burst is really there), the
-// no-limit path of the same direction and flow count carried more than 2× every limit in the same
-// run (the better of its runs before and after the schemes: a TCG stall in one of them says nothing
-// about the path), and each limiting scheme's cell carries its probes (on an unlimited path a
-// saturated guest may starve them; that is reported, not a harness error). A cell the harness could
-// not measure is an error too.
+// no-limit cell of the same position (measured seconds apart) carried more than 2× the limit, and
+// each limiting scheme's cell carries its probes (on an unlimited path a saturated guest may starve
+// them; that is reported, not a harness error). A cell the harness could not measure is an error too.
 func Check(cs []Cell) error {
 	var errs []error
 	free := map[string]float64{}
 	for _, c := range cs {
-		if k := fmt.Sprint(c.Kernel, c.Dir, c.Flows); c.Scheme == NoLimit && c.Error == "" {
-			free[k] = max(free[k], c.MeanBps)
+		if c.Scheme == NoLimit && c.Error == "" {
+			free[c.position()] = c.MeanBps
 		}
 	}
 	for _, c := range cs {
@@ -231,9 +216,9 @@ func Check(cs []Cell) error {
 			errs = append(errs, fmt.Errorf("%s: %.1f Mbit/s, below 2× the %.0f Mbit/s limit: the runtime burst (512 MiB) was not in effect", name, c.MeanBps/1e6, c.Rate/1e6))
 		}
 		if c.Scheme != NoLimit {
-			f, ok := free[fmt.Sprint(c.Kernel, c.Dir, c.Flows)]
+			f, ok := free[c.position()]
 			if !ok {
-				errs = append(errs, fmt.Errorf("%s: no no-limit cell of the same run, direction and flow count to compare with", name))
+				errs = append(errs, fmt.Errorf("%s: no no-limit cell at the same position (rate, direction, flows) of the run to compare with", name))
 			} else if f < 2*c.Rate {
 				errs = append(errs, fmt.Errorf("%s: the unlimited path carried %.1f Mbit/s, not above 2× the %.0f Mbit/s limit: the limit was not what held the rate", name, f/1e6, c.Rate/1e6))
 			}
@@ -245,13 +230,15 @@ func Check(cs []Cell) error {
 	return errors.Join(errs...)
 }
 
+func (c Cell) position() string { return fmt.Sprint(c.Kernel, c.Dir, c.Rate, c.Flows) }
+
 // Name is the cell's label in messages: kernel/scheme/dir/rate/flows.
 func (c Cell) Name() string {
 	var b strings.Builder
 	if c.Kernel != "" {
 		b.WriteString(c.Kernel + "/")
 	}
-	fmt.Fprintf(&b, "%s/%s/", strings.ReplaceAll(c.Label(), " ", ""), c.Dir)
+	fmt.Fprintf(&b, "%s/%s/", c.Scheme, c.Dir)
 	if c.Rate > 0 {
 		fmt.Fprintf(&b, "%gmbit/", c.Rate/1e6)
 	}

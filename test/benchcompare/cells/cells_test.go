@@ -11,14 +11,19 @@ func TestNamedMatrices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// 6 limiting or limited schemes × 2 rates × 2 directions × 3 flow counts, plus no-limit per
-	// direction and flow count before and after them.
+	// 7 schemes × 2 rates × 2 directions × 3 flow counts.
 	sp := full.Specs()
-	if n := len(sp); n != 6*2*2*3+2*2*3 || full.Cell != 5*time.Second {
+	if n := len(sp); n != 7*2*2*3 || full.Cell != 5*time.Second {
 		t.Errorf("full: %d cells of %s, want 84 of 5s", n, full.Cell)
 	}
-	if sp[0].Label() != "no-limit (before)" || sp[len(sp)-1].Label() != "no-limit (after)" || sp[6].Scheme != Netshape {
-		t.Errorf("order: first %s, last %s, seventh %s; want no-limit around the schemes", sp[0].Label(), sp[len(sp)-1].Label(), sp[6].Label())
+	// Interleaved: the schemes of one position run back to back, no-limit first.
+	for i, s := range sp[:7] {
+		if s.Scheme != Schemes[i] || s.Rate != 20e6 || s.Dir != Egress || s.Flows != 1 {
+			t.Errorf("cell %d: %+v, want %s at the first position", i, s, Schemes[i])
+		}
+	}
+	if s := sp[7]; s.Scheme != NoLimit || s.Flows != 4 {
+		t.Errorf("cell 7: %+v, want no-limit at the second position", s)
 	}
 	// Under TCG one kernel's cells fit 15 minutes with room for boot and scheme changes.
 	if e := full.Estimate(); e > 10*time.Minute {
@@ -28,8 +33,8 @@ func TestNamedMatrices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := len(ci.Specs()); n != 6*2*2+2*2*2 {
-		t.Errorf("ci: %d cells, want 32", n)
+	if n := len(ci.Specs()); n != 7*2*2 {
+		t.Errorf("ci: %d cells, want 28", n)
 	}
 	if e := ci.Estimate(); e > 3*time.Minute {
 		t.Errorf("ci estimate %s, want ≤ 3m (CI runs it on two kernels)", e)
@@ -45,11 +50,6 @@ func TestNamedMatrices(t *testing.T) {
 			t.Errorf("Named(%q, %s) accepted", bad.name, bad.cell)
 		}
 	}
-	for _, s := range full.Specs() {
-		if (s.Scheme == NoLimit) != (s.Rate == 0) {
-			t.Errorf("spec %+v: only no-limit runs without a rate", s)
-		}
-	}
 }
 
 func good(s Scheme, d Dir, rate float64, flows int, mean float64) Cell {
@@ -59,7 +59,7 @@ func good(s Scheme, d Dir, rate float64, flows int, mean float64) Cell {
 
 func TestCheckCatchesSchemesThatDidNotDoWhatTheyClaim(t *testing.T) {
 	ok := []Cell{
-		good(NoLimit, Egress, 0, 1, 500e6),
+		good(NoLimit, Egress, 100e6, 1, 500e6),
 		good(Netshape, Egress, 100e6, 1, 95e6),
 		good(HTB, Egress, 100e6, 1, 99e6),
 		good(TBFRuntime, Egress, 100e6, 1, 480e6),
@@ -67,15 +67,11 @@ func TestCheckCatchesSchemesThatDidNotDoWhatTheyClaim(t *testing.T) {
 	if err := Check(ok); err != nil {
 		t.Fatalf("a sound run failed the check: %v", err)
 	}
-	// A stall in one no-limit run is not held against the schemes when the other carried the path.
-	stalled := append([]Cell(nil), ok...)
-	stalled[0].Bracket = "before"
-	after := stalled[0]
-	stalled[0].MeanBps, after.Bracket = 20e6, "after"
-	// ... nor are probes starved on an unlimited path.
-	stalled[3].RR.Count = 0
-	if err := Check(append(stalled, after)); err != nil {
-		t.Fatalf("one stalled no-limit run failed the check: %v", err)
+	// Probes starved on an unlimited path are reported, not a harness error.
+	starved := append([]Cell(nil), ok...)
+	starved[0].RR.Count, starved[3].Xfer.Count = 0, 0
+	if err := Check(starved); err != nil {
+		t.Fatalf("probes starved on unlimited paths failed the check: %v", err)
 	}
 	cases := []struct {
 		name string
@@ -86,12 +82,7 @@ func TestCheckCatchesSchemesThatDidNotDoWhatTheyClaim(t *testing.T) {
 		{"ours did not limit", func(c []Cell) []Cell { c[1].MeanBps = 200e6; return c }, "dokku-netshape/egress/100mbit/1flows"},
 		{"runtime burst absent", func(c []Cell) []Cell { c[3].MeanBps = 100e6; return c }, "runtime burst (512 MiB) was not in effect"},
 		{"path too slow to tell", func(c []Cell) []Cell { c[0].MeanBps = 150e6; return c }, "the unlimited path carried 150.0 Mbit/s"},
-		{"slow before and after", func(c []Cell) []Cell {
-			c[0].MeanBps, c[0].Bracket = 150e6, "before"
-			after := c[0]
-			after.MeanBps, after.Bracket = 180e6, "after"
-			return append(c, after)
-		}, "the unlimited path carried 180.0 Mbit/s"},
+		{"reference from another position", func(c []Cell) []Cell { c[0].Rate = 20e6; return c }, "no no-limit cell at the same position"},
 		{"no reference", func(c []Cell) []Cell { return c[1:] }, "no no-limit cell"},
 		{"probe missing", func(c []Cell) []Cell { c[1].RR.Count = 0; return c }, "probes missing (ping 10, rr 0"},
 		{"cell error", func(c []Cell) []Cell { c[2].Error = "apply: boom"; return c }, "htb/egress/100mbit/1flows: apply: boom"},

@@ -35,7 +35,7 @@ const (
 // every 100 ms; counters are read before and after.
 func (r *rig) cell(ctx context.Context, sp cells.Spec, sc scheme) cells.Cell {
 	c := cells.Cell{Spec: sp, Kernel: vmresult.Kernel(), CellSeconds: r.m.Cell.Seconds(), SeriesStep: step.Seconds()}
-	if sp.Rate > 0 {
+	if sp.Scheme != cells.NoLimit {
 		c.ExpectedBps = sp.Rate * cells.Goodput(r.mtu)
 	}
 	if err := r.measure(ctx, sp, sc, &c); err != nil {

@@ -113,15 +113,12 @@ func maxSeconds(rs []cells.Cell) float64 {
 	return m
 }
 
-// style gives a scheme the same colour in every plot; no-limit's second run is dashed.
+// style gives a scheme the same colour and dashes in every plot.
 func style(l *plotter.Line, c cells.Cell) {
 	i := slices.Index(cells.Schemes, c.Scheme)
 	l.Color, l.Width = plotutil.Color(i), vg.Points(1.5)
 	if i > 0 {
 		l.Dashes = plotutil.Dashes(i)
-	}
-	if c.Bracket == "after" {
-		l.Dashes = []vg.Length{vg.Points(2), vg.Points(2)}
 	}
 }
 
