@@ -28,6 +28,8 @@ test-deps:
 
 test-host:
 	$(GO) vet ./...
+	@# The comparison's guest harness builds only with its own tag (make bench-compare): keep it compiling.
+	$(GO) vet -tags vmbench ./test/benchcompare/...
 	$(GO) test $(TEST_FLAGS) ./...
 
 # Benchmarks with targets (test/bench); results in BENCH.md. Needs root (BPF). Host benchmarks, then
@@ -45,6 +47,7 @@ bench:
 lint:
 	gofmt -l . | grep -v '_bpfel.go' | (! grep .)
 	$(GO) vet ./...
+	$(GO) vet -tags vmbench ./test/benchcompare/...
 
 # A release tarball with the binary, for Dokku servers without Go.
 plugin-tarball:
