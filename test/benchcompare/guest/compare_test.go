@@ -55,7 +55,8 @@ func TestVMBenchCompare(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), budget+3*time.Minute)
 	defer cancel()
 
-	d, err := guestdocker.Start(ctx, guestdocker.Options{StateDir: "/run/nscompare", DataRoot: "/var/lib/docker/nscompare", Bip: "10.242.0.1/24"})
+	d, err := guestdocker.Start(ctx, guestdocker.Options{StateDir: "/run/nscompare", DataRoot: "/var/lib/docker/nscompare", Bip: "10.242.0.1/24",
+		Wait: 3 * time.Minute}) // a loaded host slows a TCG guest's dockerd start well past a minute
 	if err != nil {
 		t.Fatal(err)
 	}
