@@ -22,7 +22,17 @@ func main() {
 		fmt.Fprintln(os.Stderr, "benchcompare: give the summary.json of each kernel's run (make bench-compare-vm)")
 		os.Exit(2)
 	}
-	run, err := report.Load(flag.Args()...)
+	var paths []string
+	missing := 0
+	for _, p := range flag.Args() {
+		if _, err := os.Stat(p); err != nil {
+			fmt.Fprintf(os.Stderr, "benchcompare: %v: that kernel's run left no results; it is left out\n", err)
+			missing++
+			continue
+		}
+		paths = append(paths, p)
+	}
+	run, err := report.Load(paths...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "benchcompare:", err)
 		os.Exit(1)
@@ -40,7 +50,7 @@ func main() {
 		}
 	}
 	fmt.Printf("benchcompare: wrote %s, %s and plots in %s from %d cells on %d kernel(s)\n", *md, *js, *plots, len(run.Cells), len(run.Kernels))
-	if failed > 0 {
+	if failed+missing > 0 {
 		os.Exit(1)
 	}
 }
