@@ -134,12 +134,15 @@ func (m Matrix) Estimate() time.Duration {
 	return time.Duration(len(m.Specs())) * (m.Cell + m.Settle + applyCost)
 }
 
-// Cell is one measured cell. Rates are TCP payload at the receiver; times in ms.
+// Cell is one measured cell. Rates are TCP payload at the receiver, of the bulk flows and the 256 KiB
+// transfers together (everything the loaded direction carried but the RR requests and pings, <0.3%
+// of 20 Mbit/s); times in ms.
 type Cell struct {
 	Spec
 	Kernel      string    `json:"kernel"`
 	CellSeconds float64   `json:"cell_seconds"`
-	Bytes       int64     `json:"bytes"`        // received by the bulk sink over the cell
+	Bytes       int64     `json:"bytes"`        // received over the cell
+	BulkBps     float64   `json:"bulk_bps"`     // of which the bulk flows, over the whole cell
 	MeanBps     float64   `json:"mean_bps"`     // after the first second, to the end
 	FirstBps    float64   `json:"first_bps"`    // the first second
 	ExpectedBps float64   `json:"expected_bps"` // the limit as TCP payload (MTU goodput share); 0 for no-limit

@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/icmp"
@@ -65,7 +66,11 @@ func (r *rig) measure(ctx context.Context, sp cells.Spec, sc scheme, c *cells.Ce
 		return err
 	}
 	defer xl.Close()
-	go xferServer(xl)
+	var xferGot atomic.Int64
+	go xferServer(xl, &xferGot)
+	// The shaped direction carries the bulk flows and the transfers; the rate is what both delivered
+	// (a scheme that lets new flows through quickly moves bytes from the bulk flows to them).
+	received := func() int64 { return sink.Bytes() + xferGot.Load() }
 
 	re0, err := tcpRetrans(sndPid)
 	if err != nil {
@@ -127,7 +132,7 @@ func (r *rig) measure(ctx context.Context, sp cells.Spec, sc scheme, c *cells.Ce
 		if err := sleepUntil(ctx, now); err != nil {
 			return err
 		}
-		at, got = append(at, time.Now()), append(got, sink.Bytes())
+		at, got = append(at, time.Now()), append(got, received())
 	}
 	cpu1, err := sysCPU()
 	if err != nil {
@@ -142,6 +147,7 @@ func (r *rig) measure(ctx context.Context, sp cells.Spec, sc scheme, c *cells.Ce
 		return fmt.Errorf("only %d samples", len(got))
 	}
 	c.Bytes = got[len(got)-1]
+	c.BulkBps = float64(sink.Bytes()) * 8 / r.m.Cell.Seconds()
 	c.FirstBps = float64(got[first]) * 8 / at[first].Sub(t0).Seconds()
 	c.MeanBps = float64(got[len(got)-1]-got[first]) * 8 / at[len(at)-1].Sub(at[first]).Seconds()
 	c.Ping, c.RR, c.Xfer = ping, rr, xfer
@@ -201,8 +207,8 @@ func sleepUntil(ctx context.Context, t time.Time) error {
 	}
 }
 
-// xferServer reads 256 KiB per connection and answers one byte.
-func xferServer(ln net.Listener) {
+// xferServer reads 256 KiB per connection, counting what it reads, and answers one byte.
+func xferServer(ln net.Listener, got *atomic.Int64) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -211,7 +217,9 @@ func xferServer(ln net.Listener) {
 		go func() {
 			defer c.Close()
 			_ = c.SetDeadline(time.Now().Add(time.Minute))
-			if _, err := io.CopyN(io.Discard, c, xferBytes); err == nil {
+			n, err := io.CopyN(io.Discard, c, xferBytes)
+			got.Add(n)
+			if err == nil {
 				_, _ = c.Write([]byte{1})
 			}
 		}()

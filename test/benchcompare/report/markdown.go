@@ -21,7 +21,7 @@ func Markdown(run Run, plots []string) string {
 		"Every anchor sits on the same devices as dokku-netshape, its best case. At each position of the matrix (rate, direction, flows) the schemes run back to back, each put on just for its cell, so that " +
 		"what they are compared on — and the no-limit cell they are checked against — is measured seconds apart. In each cell bulk TCP flows run for the whole cell; " +
 		"beside them, from the sending side through the loaded direction, a 20 Hz ICMP ping, a TCP request/response flow (64 B, one at a time, 10 ms apart) " +
-		"and 256 KiB transfers one after another (connect to the receiver's answer). Rates are TCP payload at the receiver: the limit on the wire " +
+		"and 256 KiB transfers one after another (connect to the receiver's answer). Rates are TCP payload at the receiver, of the bulk flows and the 256 KiB transfers together (\"bulk\": the bulk flows' part): the limit on the wire " +
 		"is worth `limit × (MTU−52)/(MTU+14)` of payload (95.6% at MTU 1500), which is what \"% of limit\" compares with. " +
 		"Under TCG the guest's throughput moves ±30% run to run, so only numbers from the same run are compared.\n\n")
 	b.WriteString("| kernel | release | matrix | cell | probes from | settle between cells | all schemes checked |\n|---|---|---|---|---|---|---|\n")
@@ -131,11 +131,11 @@ func rows(cs []cells.Cell, k string, d cells.Dir, rate float64) []cells.Cell {
 }
 
 func table(b *strings.Builder, cs []cells.Cell, k string, d cells.Dir, rate float64) {
-	b.WriteString("| flows | scheme | mean Mbit/s | % of limit | first s Mbit/s | ping p50 / p99 ms | RR p50 / p99 ms | 256 KiB p50 / p90 ms (n) | retrans | drops | sys CPU s/GB |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| flows | scheme | mean Mbit/s | % of limit | first s Mbit/s | bulk Mbit/s | ping p50 / p99 ms | RR p50 / p99 ms | 256 KiB p50 / p90 ms (n) | retrans | drops | sys CPU s/GB |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range rows(cs, k, d, rate) {
 		if c.Error != "" {
-			fmt.Fprintf(b, "| %d | %s | error: %s | | | | | | | | |\n", c.Flows, c.Label(), oneLine(c.Error))
+			fmt.Fprintf(b, "| %d | %s | error: %s | | | | | | | | | |\n", c.Flows, c.Label(), oneLine(c.Error))
 			continue
 		}
 		pct := "—"
@@ -146,8 +146,8 @@ func table(b *strings.Builder, cs []cells.Cell, k string, d cells.Dir, rate floa
 		if c.Ping.Lost > 0 {
 			lost = fmt.Sprintf(" (%d lost)", c.Ping.Lost)
 		}
-		fmt.Fprintf(b, "| %d | %s | %.2f | %s | %.2f | %s / %s%s | %s / %s | %s / %s (%d) | %d | %d | %.2f |\n",
-			c.Flows, c.Label(), c.MeanBps/1e6, pct, c.FirstBps/1e6, ms(c.Ping.P50), ms(c.Ping.P99), lost, ms(c.RR.P50), ms(c.RR.P99),
+		fmt.Fprintf(b, "| %d | %s | %.2f | %s | %.2f | %.2f | %s / %s%s | %s / %s | %s / %s (%d) | %d | %d | %.2f |\n",
+			c.Flows, c.Label(), c.MeanBps/1e6, pct, c.FirstBps/1e6, c.BulkBps/1e6, ms(c.Ping.P50), ms(c.Ping.P99), lost, ms(c.RR.P50), ms(c.RR.P99),
 			ms(c.Xfer.P50), ms(c.Xfer.P90), c.Xfer.Count, c.Retrans, c.Drops, c.CPUPerGB)
 	}
 }

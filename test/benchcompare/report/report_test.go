@@ -17,7 +17,7 @@ import (
 // cell makes a measured cell: mean rate in Mbit/s, RR p99 and 256 KiB p50 in ms.
 func cell(k string, s cells.Scheme, d cells.Dir, rate float64, flows int, meanMbit, rrP99, xferP50 float64) cells.Cell {
 	c := cells.Cell{Spec: cells.Spec{Scheme: s, Dir: d, Rate: rate * 1e6, Flows: flows}, Kernel: k, CellSeconds: 5,
-		MeanBps: meanMbit * 1e6, FirstBps: meanMbit * 1e6, Bytes: int64(meanMbit * 1e6 / 8 * 5), SeriesStep: 0.1,
+		MeanBps: meanMbit * 1e6, FirstBps: meanMbit * 1e6, BulkBps: 15e6, Bytes: int64(meanMbit * 1e6 / 8 * 5), SeriesStep: 0.1,
 		SysCPUSec: 1, CPUPerGB: 2}
 	if rate > 0 && s != cells.NoLimit {
 		c.ExpectedBps = rate * 1e6 * cells.Goodput(1500)
@@ -134,7 +134,7 @@ func TestMarkdownTables(t *testing.T) {
 		"Written by `make bench-compare BENCH_COMPARE_SET=full` on 2026-11-30 09:00",
 		"| 6.12 | 6.12.117+deb12-amd64 | full | 5s | 1s | 1s | yes |",
 		"## 6.12, egress, 20 Mbit/s",
-		"| 1 | dokku-netshape | 19.15 | 100.1% | 19.15 | 1.52 / 3.00 | 1.52 / 3.00 | 120 / 240 (3) | 0 | 0 | 2.00 |",
+		"| 1 | dokku-netshape | 19.15 | 100.1% | 19.15 | 15.00 | 1.52 / 3.00 | 1.52 / 3.00 | 120 / 240 (3) | 0 | 0 | 2.00 |",
 		"| 1 | no-limit | 600.00 | — |",
 		"| 6.12 | TCP RR p99 | 0.10 | 0.10 | 1 of 1 |",
 		"| 1 | 0.20 (htb) |",
