@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -58,38 +57,53 @@ func (d dev) handle() (*netlink.Handle, error) {
 	return netlink.NewHandleAt(nh)
 }
 
-// bare checks that nothing is left on the device: its root qdisc is the veth default, no clsact.
-func (d dev) bare(ctx context.Context) error {
-	out, err := d.tc(ctx, "qdisc", "show", "dev", d.name)
+// qdiscs lists the device's qdiscs through netlink (no tc fork under TCG, where each costs ~0.1 s).
+func (d dev) qdiscs() ([]netlink.Qdisc, error) {
+	h, err := d.handle()
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(d.name)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", d, err)
+	}
+	qs, err := h.QdiscList(l)
+	if err != nil {
+		return nil, fmt.Errorf("%s: list qdiscs: %w", d, err)
+	}
+	return qs, nil
+}
+
+// bare checks that nothing is left on the device: only the veth default (noqueue), no clsact.
+func (d dev) bare(context.Context) error {
+	qs, err := d.qdiscs()
 	if err != nil {
 		return err
 	}
-	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-		if l != "" && !strings.HasPrefix(l, "qdisc noqueue ") {
-			return fmt.Errorf("%s still carries %q", d, l)
+	for _, q := range qs {
+		if q.Type() != "noqueue" {
+			return fmt.Errorf("%s still carries a %s qdisc (parent %x)", d, q.Type(), q.Attrs().Parent)
 		}
 	}
 	return nil
 }
 
-var droppedRe = regexp.MustCompile(`\(dropped (\d+),`)
-
 // qdiscDrops is the drop counter of the device's root qdisc. A classful or chaining root (htb,
 // netem over tbf) counts its children's drops too, so summing every qdisc would count them twice; a
 // BPF drop at clsact is counted by the scheme's own counter.
-func (d dev) qdiscDrops(ctx context.Context) (int64, error) {
-	out, err := d.tc(ctx, "-s", "qdisc", "show", "dev", d.name, "root")
+func (d dev) qdiscDrops(context.Context) (int64, error) {
+	qs, err := d.qdiscs()
 	if err != nil {
 		return 0, err
 	}
-	m := droppedRe.FindStringSubmatch(out)
-	if m == nil {
-		if strings.HasPrefix(strings.TrimSpace(out), "qdisc noqueue ") {
-			return 0, nil // no qdisc, nothing to drop
+	for _, q := range qs {
+		a := q.Attrs()
+		if a.Parent == netlink.HANDLE_ROOT && a.Statistics != nil && a.Statistics.Queue != nil {
+			return int64(a.Statistics.Queue.Drops), nil
 		}
-		return 0, fmt.Errorf("%s: no drop counter in %q", d, out)
 	}
-	return strconv.ParseInt(m[1], 10, 64)
+	return 0, nil // noqueue: nothing to drop
 }
 
 // scheme is one shaper as the harness puts it on and takes it off the two devices.
