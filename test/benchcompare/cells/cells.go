@@ -141,12 +141,12 @@ type Cell struct {
 	Spec
 	Kernel      string    `json:"kernel"`
 	CellSeconds float64   `json:"cell_seconds"`
-	Bytes       int64     `json:"bytes"`        // received over the cell
-	BulkBps     float64   `json:"bulk_bps"`     // of which the bulk flows, over the whole cell
-	MeanBps     float64   `json:"mean_bps"`     // after the first second, to the end
-	FirstBps    float64   `json:"first_bps"`    // the first second
-	ExpectedBps float64   `json:"expected_bps"` // the limit as TCP payload (MTU goodput share); 0 for no-limit
-	SeriesBps   []float64 `json:"series_bps"`   // receiver rate per SeriesStep
+	Bytes       int64     `json:"bytes"`         // received over the cell
+	BulkBps     float64   `json:"bulk_cell_bps"` // of which the bulk flows, over the whole cell (0: not measured)
+	MeanBps     float64   `json:"mean_bps"`      // after the first second, to the end
+	FirstBps    float64   `json:"first_bps"`     // the first second
+	ExpectedBps float64   `json:"expected_bps"`  // the limit as TCP payload (MTU goodput share); 0 for no-limit
+	SeriesBps   []float64 `json:"series_bps"`    // receiver rate per SeriesStep
 	SeriesStep  float64   `json:"series_step_s"`
 
 	Ping Latency `json:"ping"` // ICMP echo, 20 Hz, beside the bulk flows

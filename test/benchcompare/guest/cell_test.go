@@ -128,11 +128,12 @@ func (r *rig) measure(ctx context.Context, sp cells.Spec, sc scheme, c *cells.Ce
 	// Receiver bytes every step until the end of the cell.
 	var at []time.Time
 	var got []int64
+	var bulk int64
 	for now := t0; !now.After(end); now = now.Add(step) {
 		if err := sleepUntil(ctx, now); err != nil {
 			return err
 		}
-		at, got = append(at, time.Now()), append(got, received())
+		at, got, bulk = append(at, time.Now()), append(got, received()), sink.Bytes()
 	}
 	cpu1, err := sysCPU()
 	if err != nil {
@@ -147,7 +148,7 @@ func (r *rig) measure(ctx context.Context, sp cells.Spec, sc scheme, c *cells.Ce
 		return fmt.Errorf("only %d samples", len(got))
 	}
 	c.Bytes = got[len(got)-1]
-	c.BulkBps = float64(sink.Bytes()) * 8 / r.m.Cell.Seconds()
+	c.BulkBps = float64(bulk) * 8 / at[len(at)-1].Sub(t0).Seconds() // not what drains after the end
 	c.FirstBps = float64(got[first]) * 8 / at[first].Sub(t0).Seconds()
 	c.MeanBps = float64(got[len(got)-1]-got[first]) * 8 / at[len(at)-1].Sub(at[first]).Seconds()
 	c.Ping, c.RR, c.Xfer = ping, rr, xfer

@@ -146,8 +146,8 @@ func table(b *strings.Builder, cs []cells.Cell, k string, d cells.Dir, rate floa
 		if c.Ping.Lost > 0 {
 			lost = fmt.Sprintf(" (%d lost)", c.Ping.Lost)
 		}
-		fmt.Fprintf(b, "| %d | %s | %.2f | %s | %.2f | %.2f | %s / %s%s | %s / %s | %s / %s (%d) | %d | %d | %.2f |\n",
-			c.Flows, c.Label(), c.MeanBps/1e6, pct, c.FirstBps/1e6, c.BulkBps/1e6, ms(c.Ping.P50), ms(c.Ping.P99), lost, ms(c.RR.P50), ms(c.RR.P99),
+		fmt.Fprintf(b, "| %d | %s | %.2f | %s | %.2f | %s | %s / %s%s | %s / %s | %s / %s (%d) | %d | %d | %.2f |\n",
+			c.Flows, c.Label(), c.MeanBps/1e6, pct, c.FirstBps/1e6, mbit(c.BulkBps), ms(c.Ping.P50), ms(c.Ping.P99), lost, ms(c.RR.P50), ms(c.RR.P99),
 			ms(c.Xfer.P50), ms(c.Xfer.P90), c.Xfer.Count, c.Retrans, c.Drops, c.CPUPerGB)
 	}
 }
@@ -186,6 +186,14 @@ func ratioTable(b *strings.Builder, rs []Ratio, k string, d cells.Dir, rate floa
 		}
 		b.WriteString("\n")
 	}
+}
+
+// mbit prints a rate, "—" when it was not measured.
+func mbit(bps float64) string {
+	if bps == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f", bps/1e6)
 }
 
 func ms(v float64) string {
