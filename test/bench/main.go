@@ -29,6 +29,8 @@ var targets = []target{
 	{"BenchmarkEDTPacket/bulk-9000B", "kernel-ns/packet", 1000,
 		"per-packet datapath cost: at 1 µs one CPU still stamps 1 Mpps, 10 Gbit/s of 1500-byte frames"},
 	{"BenchmarkEDTPacket/sparse-100B", "kernel-ns/packet", 1000, "same, for the express (sparse flow) path"},
+	{"BenchmarkEDTPacketBudgets", "ns/packet-at-1000", 1000, "the same cost with 1,000 budgets in the maps"},
+	{"BenchmarkEDTPacketBudgets", "x-at-1000", 1.3, "flat: at 1,000 budgets within 30 % of the cost at one (same run)"},
 	{"BenchmarkRateChange", "ns/op", 1e6, "a live rate change is one map write: well under a millisecond"},
 	{"BenchmarkRateChange", "allocs/op", 64, "control plane stays allocation-light"},
 	{"BenchmarkParse", "ns/op", 5000, "rate parsing is on every CLI call and report"},
@@ -55,6 +57,13 @@ var vmTargets = []vmTarget{
 	{"watch_property_change", "p50_ms", 0, 0, "property written (in place, renamed, deleted) → rate/attachment in the pinned maps (5 ms poll)"},
 	{"watch_property_change", "p99_ms", 1000, 0, "`dokku resource:limit --network-egress` takes effect without a deploy"},
 	{"watch_property_change", "max_ms", 0, 0, ""},
+	{"scale", "containers", 0, 1000, "test/scale: namespaces with a veth each, served to the real CLI as Dokku deploy containers (250 apps × 4)"},
+	{"scale", "apply_all_s", 10, 0, "`apply --all`: 1,000 containers shaped both ways with backstops (3,000 attachments), under qemu TCG"},
+	{"scale", "apply_all_rss_mib", 0, 0, "its peak RSS"},
+	{"scale", "apply_app_ms", 100, 0, "`apply APP` (4 containers) among 1,000, everything already in place"},
+	{"scale", "apply_all_again_s", 0, 0, "`apply --all` again, nothing to change"},
+	{"scale", "report_s", 0, 0, "`report --format json` of every app"},
+	{"scale", "report_rss_mib", 0, 0, "its peak RSS"},
 }
 
 // vmResults reads every result object of a vmrun summary, keyed by metric and kernel.

@@ -71,24 +71,29 @@ vm-test: vm-kernels vm-bins
 # in force) and the soak at bench size (test/faults TestVMSoakWatch: container restarts, stops and
 # starts against a running watcher, then leak counts against a warm-up baseline). `make bench` runs
 # it and test/bench turns summary.json into BENCH.md. One kernel by default (the CI test run already
-# runs both tests on both kernels at a smaller count). Each part is bounded in time as well as count.
+# runs both tests on both kernels at a smaller count), and test/scale's thousand containers (the real
+# CLI timed: apply --all, apply APP, report). Each part is bounded in time as well as count.
 VM_BENCH_OUT            ?= test/vm/out-bench
 VM_BENCH_KERNELS        ?= 6.12
 VM_BENCH_EVENTS         ?= 1000
 VM_BENCH_MINUTES        ?= 40
 VM_BENCH_START_MINUTES  ?= 12
 VM_BENCH_TIMEOUT        ?= 70m
+VM_BENCH_SCALE_APPS     ?= 250
 
 vm-bench: vm-kernels vm-tools
 	@rm -f $(VM_BENCH_OUT)/summary.json
 	go test -c -tags vm -o $(VM_OUT)/bin/$(call vm_bin,./test/faults) ./test/faults
 	go test -c -tags vm -o $(VM_OUT)/bin/$(call vm_bin,./test/e2e) ./test/e2e
-	$(VM_OUT)/vmrun -init $(VM_OUT)/init -out $(VM_BENCH_OUT) -kernels $(VM_BENCH_KERNELS) -timeout $(VM_BENCH_TIMEOUT) \
+	go test -c -tags vm -o $(VM_OUT)/bin/$(call vm_bin,./test/scale) ./test/scale
+	$(VM_OUT)/vmrun -init $(VM_OUT)/init -mem 4G -out $(VM_BENCH_OUT) -kernels $(VM_BENCH_KERNELS) -timeout $(VM_BENCH_TIMEOUT) \
 		-env NETSHAPE_LOADGEN=$(VM_ABS_OUT)/loadgen -env NETSHAPE_BIN=$(VM_ABS_OUT)/dokku-netshape \
 		-env NETSHAPE_BENCH=1 -env NETSHAPE_BENCH_MINUTES=$(VM_BENCH_START_MINUTES) \
-		-env NETSHAPE_SOAK_EVENTS=$(VM_BENCH_EVENTS) -env NETSHAPE_SOAK_MINUTES=$(VM_BENCH_MINUTES) $(VM_FLAGS) \
+		-env NETSHAPE_SOAK_EVENTS=$(VM_BENCH_EVENTS) -env NETSHAPE_SOAK_MINUTES=$(VM_BENCH_MINUTES) \
+		-env NETSHAPE_SCALE_APPS=$(VM_BENCH_SCALE_APPS) $(VM_FLAGS) \
 		-cmd 'cd ./test/e2e && $(VM_ABS_OUT)/bin/$(call vm_bin,./test/e2e) -test.v -test.count=1 -test.timeout $(VM_BENCH_TIMEOUT) -test.run TestVMBench' \
-		-cmd 'cd ./test/faults && $(VM_ABS_OUT)/bin/$(call vm_bin,./test/faults) -test.v -test.count=1 -test.timeout $(VM_BENCH_TIMEOUT) -test.run TestVMSoakWatch'
+		-cmd 'cd ./test/faults && $(VM_ABS_OUT)/bin/$(call vm_bin,./test/faults) -test.v -test.count=1 -test.timeout $(VM_BENCH_TIMEOUT) -test.run TestVMSoakWatch' \
+		-cmd 'cd ./test/scale && $(VM_ABS_OUT)/bin/$(call vm_bin,./test/scale) -test.v -test.count=1 -test.timeout $(VM_BENCH_TIMEOUT) -test.run TestVMBenchScale'
 
 vm-shell: vm-kernels vm-tools
 	$(VM_OUT)/vmrun -init $(VM_OUT)/init -out $(VM_OUT) -kernels $(VM_KERNELS) -timeout 1h \
