@@ -20,7 +20,15 @@
 //    to the budget clock, so the long-run rate is unchanged; only order changes.
 //    Express stops once the backlog passes express_ns, bounding any burst.
 //
-// A second program, netshape_police, is the backstop for app egress: see the
+// Two variants of it, picked per attachment by the loader:
+//  - netshape_limit: the same budget enforced without fq (a kernel without
+//    sch_fq): the budget clock is a policer, a packet whose backlog before it
+//    exceeds the horizon is dropped, nothing is stamped (nothing would honour
+//    it). Degraded: TCP gets drops instead of backpressure and no pacing.
+//  - netshape_count: count-only budgets (BUDGET_COUNT_ONLY): bytes and packets
+//    into the budget's counters, nothing else; no qdisc needed.
+//
+// A further program, netshape_police, is the backstop for app egress: see the
 // comment above it.
 
 #include <linux/bpf.h>
@@ -34,13 +42,26 @@
 // another clock and must not be honoured, or the packet would wait for years.
 #define TSTAMP_MAX_AHEAD_NS NSEC_PER_SEC
 
+// budget_cfg.flags
+#define BUDGET_COUNT_ONLY 1 // count bytes and packets, enforce nothing (rate_bps is 0)
+#define BUDGET_NOFQ 2       // a device polices this budget without fq (netshape_limit)
+
+// The no-fq policer's smallest burst tolerance. A TCP sender that meets a
+// drop stalls for about its minimum RTO (200 ms; a locally dropped packet
+// waits for the probe timer, a forwarded one for recovery). A bucket smaller
+// than the stall wastes the stall: with 20 ms a bulk flow got 12 % of the
+// rate, with 100 ms 52 %, with 300 ms 99.6-100.8 % (docs/MEASUREMENTS.md). The
+// backstop of a BUDGET_NOFQ budget allows this much more, so it never drops
+// what the no-fq policer passed.
+#define NOFQ_TOL_NS (300 * 1000000ULL)
+
 struct budget_cfg {
 	__u64 rate_bps;      // bits per second; 0 = no limit (fail open)
 	__u64 horizon_ns;    // drop when the backlog before the packet exceeds this
 	__u64 ce_ns;         // CE-mark when the backlog exceeds this; 0 = never
 	__u64 express_ns;    // express allowed while the backlog is below this; 0 = off
 	__u32 express_bytes; // largest packet that may go express
-	__u32 _pad;
+	__u32 flags;         // BUDGET_*; was padding, so old pins read as 0
 };
 
 struct budget_state {
@@ -104,13 +125,118 @@ volatile const __u32 budget_id = 0;
 // run and decide; we only ever add a timestamp or drop.
 #define PASS TC_ACT_UNSPEC
 
+// The smallest header a segmentation offload repeats per segment (Ethernet +
+// IPv4 + TCP without options). At tc ingress skb->len counts a GSO packet's
+// headers once; charging each further segment at least this much means a
+// crafted GSO packet with tiny segments cannot put more on the wire than it
+// was charged for (TCP), while a paced TCP packet is never charged more than
+// EDT charged it (its real headers are at least this long).
+#define MIN_SEG_HEADER 54
+
+// count adds one packet to a budget's counters, if the budget exists (its
+// counters go with it): an unknown budget passes uncounted.
+static __always_inline void count(__u32 id, __u64 len)
+{
+	struct budget_stats *cnt = bpf_map_lookup_elem(&netshape_stats, &id);
+	if (cnt) {
+		cnt->bytes += len;
+		cnt->packets++;
+	}
+}
+
+// netshape_count: a count-only attachment. It never drops or stamps, so it
+// needs no qdisc, and it runs at either tc hook. At egress wire_len already
+// counts a GSO packet's every segment's headers (so it exceeds skb->len); at
+// ingress wire_len is skb->len without the MAC header, and a GSO packet's
+// further segments are charged MIN_SEG_HEADER each, as the policer does.
+SEC("tc")
+int netshape_count(struct __sk_buff *skb)
+{
+	__u64 len = skb->wire_len;
+	if (len <= skb->len) {
+		__u32 segs = skb->gso_segs;
+		len = skb->len;
+		if (segs > 1)
+			len += (__u64)(segs - 1) * MIN_SEG_HEADER;
+	}
+	count(budget_id, len);
+	return PASS;
+}
+
+// A shaping attachment on a budget without a rate: a count-only budget (the
+// device is being switched to count-only, or its attach raced the switch)
+// is counted; anything else passes uncounted.
+static __always_inline int pass_unlimited(__u32 id, struct budget_cfg *cfg, struct __sk_buff *skb)
+{
+	if (cfg->flags & BUDGET_COUNT_ONLY)
+		count(id, skb->wire_len ? skb->wire_len : skb->len);
+	return PASS;
+}
+
+// netshape_limit: the budget without fq (the kernel has no sch_fq). The
+// budget's clock becomes a policer, shared with every other device and CPU on
+// the budget exactly as EDT shares it: under the lock, a packet whose backlog
+// before it exceeds the tolerance (the horizon, at least NOFQ_TOL_NS) is
+// dropped, else it is charged (clock = max(clock, now) + cost) and leaves now,
+// unstamped. Over any window w at most rate*(w + tolerance) plus one packet
+// passes. No express (nothing is queued to jump) and so no flow table; CE
+// marking as in EDT.
+SEC("tc")
+int netshape_limit(struct __sk_buff *skb)
+{
+	__u32 id = budget_id;
+	struct budget_cfg *cfg = bpf_map_lookup_elem(&netshape_cfg, &id);
+	if (!cfg)
+		return PASS;
+	if (!cfg->rate_bps)
+		return pass_unlimited(id, cfg, skb);
+	struct budget_state *st = bpf_map_lookup_elem(&netshape_state, &id);
+	if (!st)
+		return PASS;
+	struct budget_stats *cnt = bpf_map_lookup_elem(&netshape_stats, &id);
+
+	__u64 len = skb->wire_len ? skb->wire_len : skb->len;
+	__u64 cost = len * 8 * NSEC_PER_SEC / cfg->rate_bps;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 backlog;
+	int drop = 0;
+
+	__u64 tol = cfg->horizon_ns > NOFQ_TOL_NS ? cfg->horizon_ns : NOFQ_TOL_NS;
+
+	bpf_spin_lock(&st->lock);
+	backlog = st->t_last > now ? st->t_last - now : 0;
+	if (backlog > tol)
+		drop = 1;
+	else
+		st->t_last = now + backlog + cost;
+	bpf_spin_unlock(&st->lock);
+
+	if (drop) {
+		if (cnt)
+			cnt->dropped++;
+		return TC_ACT_SHOT;
+	}
+	int marked = 0;
+	if (cfg->ce_ns && backlog > cfg->ce_ns)
+		marked = bpf_skb_ecn_set_ce(skb) == 1;
+	if (cnt) {
+		cnt->bytes += len;
+		cnt->packets++;
+		if (marked)
+			cnt->marked++;
+	}
+	return PASS;
+}
+
 SEC("tc")
 int netshape_edt(struct __sk_buff *skb)
 {
 	__u32 id = budget_id;
 	struct budget_cfg *cfg = bpf_map_lookup_elem(&netshape_cfg, &id);
-	if (!cfg || !cfg->rate_bps)
+	if (!cfg)
 		return PASS;
+	if (!cfg->rate_bps)
+		return pass_unlimited(id, cfg, skb);
 	struct budget_state *st = bpf_map_lookup_elem(&netshape_state, &id);
 	if (!st)
 		return PASS;
@@ -154,7 +280,14 @@ int netshape_edt(struct __sk_buff *skb)
 	}
 
 	__u64 end = depart + cost;
-	bpf_map_update_elem(&netshape_flows, &fk, &end, BPF_ANY);
+	// A known flow's end is stored in place: the lookup above already
+	// marked its LRU entry as used, and one aligned 64-bit store is as
+	// atomic as the update, which would allocate and swap a whole element
+	// (~135 of the ~350 ns this program cost under BPF_PROG_TEST_RUN).
+	if (flow_end)
+		*flow_end = end;
+	else
+		bpf_map_update_elem(&netshape_flows, &fk, &end, BPF_ANY);
 
 	int marked = 0;
 	if (!express && cfg->ce_ns && backlog > cfg->ce_ns)
@@ -246,14 +379,6 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } netshape_pstats SEC(".maps");
 
-// The smallest header a segmentation offload repeats per segment (Ethernet +
-// IPv4 + TCP without options). At tc ingress skb->len counts a GSO packet's
-// headers once; charging each further segment at least this much means a
-// crafted GSO packet with tiny segments cannot put more on the wire than it
-// was charged for (TCP), while a paced TCP packet is never charged more than
-// EDT charged it (its real headers are at least this long).
-#define MIN_SEG_HEADER 54
-
 SEC("tc")
 int netshape_police(struct __sk_buff *skb)
 {
@@ -277,6 +402,8 @@ int netshape_police(struct __sk_buff *skb)
 	__u64 cost = len * 8 * NSEC_PER_SEC / cfg->rate_bps;
 	__u64 now = bpf_ktime_get_ns();
 	__u64 tol = pc->tol_ns;
+	if (cfg->flags & BUDGET_NOFQ)
+		tol += NOFQ_TOL_NS; // the no-fq policer's burst reaches this hook as it is
 	__u64 credit_until = pc->credit_until;
 	__u64 credit_seq = pc->credit_seq;
 	__u64 credit_bytes = pc->credit_bytes;

@@ -76,6 +76,7 @@ func newApp() *cli.App {
 			reportCommand(),
 			removeCommand(),
 			watchCommand(),
+			topCommand(),
 			completionCommand(),
 			manCommand(),
 		},
@@ -100,8 +101,8 @@ func usageError(c *cli.Context, err error, _ bool) error {
 func setCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "set",
-		Usage:     "set limits of an app (persisted in Dokku, applied to running containers)",
-		ArgsUsage: "APP",
+		Usage:     "set limits of an app (persisted in Dokku, applied to running containers), or host-wide settings with --global",
+		ArgsUsage: "APP | --global",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "process-type", Usage: "limit only this process type (default: all)"},
 			&cli.StringFlag{Name: "egress", Usage: "what the app sends, e.g. 20mbit"},
@@ -117,6 +118,9 @@ func setCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "device-write-iops", Usage: "DEV:N (next deploy)"},
 			&cli.BoolFlag{Name: "no-apply", Usage: "only persist; apply at the next deploy or with the apply command"},
 			&cli.BoolFlag{Name: "force", Usage: "replace a foreign root qdisc on the app's veths"},
+			&cli.BoolFlag{Name: "global", Usage: "host-wide settings instead of an APP's: --monitor, --metrics-addr"},
+			&cli.StringFlag{Name: "monitor", Usage: "with --global: on counts every app's traffic, limited or not; off only limited apps"},
+			&cli.StringFlag{Name: "metrics-addr", Usage: "with --global: HOST:PORT where the watcher serves Prometheus metrics (off: none)"},
 		},
 		Action: runSet,
 	}
@@ -191,6 +195,14 @@ func networkChanges(c *cli.Context, cluster bool) (map[dokku.ResourceType]string
 }
 
 func runSet(c *cli.Context) error {
+	if c.Bool("global") {
+		return runSetGlobal(c)
+	}
+	for _, f := range globalFlags {
+		if c.IsSet(f) {
+			return fmt.Errorf("--%s is host-wide: use `set --global --%s ...`", f, f)
+		}
+	}
 	env, app, proc, err := scope(c)
 	if err != nil {
 		return err
@@ -509,7 +521,8 @@ func withReconciler(ctx context.Context, force bool, fn func(*reconcile.Reconcil
 		return fmt.Errorf("connect to Docker: %w", err)
 	}
 	defer docker.Close()
-	return fn(&reconcile.Reconciler{Env: dokku.EnvFromOS(), Docker: docker, Shaper: s, Force: force, Log: os.Stderr})
+	env := dokku.EnvFromOS()
+	return fn(&reconcile.Reconciler{Env: env, Docker: docker, Shaper: s, Force: force, Log: os.Stderr, Monitor: monitorOn(env)})
 }
 
 func applyApps(ctx context.Context, apps []string, force bool) error {
@@ -539,6 +552,12 @@ func printResult(res reconcile.Result) {
 		if s.Backstop() {
 			what += " backstop on " + s.Device.Name
 		}
+		if s.Counted() {
+			what += " counted (no limit)"
+		}
+		if s.Degraded() {
+			what += " " + shaper.DegradedNoFq
+		}
 		fmt.Printf("-----> %s %s %s: %s\n", s.Container, s.Interface, what, res.BudgetLabel(s.Budget))
 	}
 	for _, u := range res.Unshaped {
@@ -558,6 +577,12 @@ func printResult(res reconcile.Result) {
 // `sudo -n`: Dokku runs plugins as the dokku user, and the install trigger
 // grants it exactly these subcommands (see plugin/sudoers).
 func asRoot(ctx context.Context, args []string, fn func() error) error {
+	return asRootStdin(ctx, args, nil, fn)
+}
+
+// asRootStdin is asRoot giving the root side stdin (nil: /dev/null); only
+// a command that reads the terminal (top) needs it.
+func asRootStdin(ctx context.Context, args []string, stdin *os.File, fn func() error) error {
 	if os.Geteuid() == 0 {
 		return fn()
 	}
@@ -566,6 +591,9 @@ func asRoot(ctx context.Context, args []string, fn func() error) error {
 		return fmt.Errorf("find own executable for sudo: %w", err)
 	}
 	cmd := exec.CommandContext(ctx, "sudo", append([]string{"-n", self}, args...)...)
+	if stdin != nil {
+		cmd.Stdin = stdin
+	}
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	if err := cmd.Run(); err != nil {
 		var ee *exec.ExitError

@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/docker/docker/client"
 
 	"github.com/dokku-netshape/dokku-netshape/pkg/dokku"
+	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
 	"github.com/dokku-netshape/dokku-netshape/pkg/veth"
 	"github.com/dokku-netshape/dokku-netshape/test/docker/dockertest"
 	"github.com/dokku-netshape/dokku-netshape/test/nettest"
@@ -79,10 +81,11 @@ func qdiscs(t *testing.T, pid int, dev string) string {
 	return nettest.Run(t, "nsenter", fmt.Sprintf("--net=/proc/%d/ns/net", pid), "tc", "qdisc", "show")
 }
 
-// On this host (no sch_fq) an egress limit cannot be enforced: set must say
-// so, naming the device, exit non-zero, keep the limit saved and leave both
-// ends of the container's veth exactly as they were.
-func TestDockerSetEgressWithoutFq(t *testing.T) {
+// On this host (no sch_fq) an egress limit is enforced degraded: the budget
+// policed by the program itself, no pacing and no qdisc. set must say so on
+// the device's line, exit 0, leave the qdiscs of both veth ends as they were,
+// and report must show the same.
+func TestDockerSetEgressWithoutFqDegrades(t *testing.T) {
 	nettest.RequireRoot(t)
 	if nettest.HaveFq(t) {
 		t.Skip("kernel has sch_fq: this is the fq-missing path of the dev/CI host")
@@ -99,12 +102,12 @@ func TestDockerSetEgressWithoutFq(t *testing.T) {
 
 	o := capture(t, "dokku-netshape", "set", app, "--egress", "20mbit")
 	t.Logf("%s", o)
-	if o.code == 0 {
-		t.Fatalf("set --egress without fq exited 0:\n%s", o)
+	if o.code != 0 {
+		t.Fatalf("set --egress without fq failed:\n%s", o)
 	}
-	wantErr := fmt.Sprintf("!     %s: limits saved but not enforced everywhere (traffic there passes unshaped): %s.web.1 %s egress: ", app, app, eth)
-	if !strings.Contains(o.stderr, wantErr) || !strings.Contains(o.stderr, "the kernel has no fq qdisc (sch_fq)") {
-		t.Errorf("stderr does not name the device and the missing fq:\n%s\nwant it to contain\n%s", o.stderr, wantErr)
+	wantOut := fmt.Sprintf("-----> %s.web.1 %s egress %s: ", app, eth, shaper.DegradedNoFq)
+	if !strings.Contains(o.stdout, wantOut) {
+		t.Errorf("stdout does not say the device is degraded:\n%s\nwant it to contain\n%s", o.stdout, wantOut)
 	}
 	if got := qdiscs(t, pid, ""); got != inside {
 		t.Errorf("container qdiscs changed:\n%s\n---\n%s", inside, got)
@@ -113,8 +116,12 @@ func TestDockerSetEgressWithoutFq(t *testing.T) {
 		t.Errorf("host veth %s qdiscs changed:\n%s\n---\n%s", host, outside, got)
 	}
 	wantProp(t, e, "resource", app, "_default_.limit.network-egress", "20mbit")
-	if st := e.shaperState(t); strings.Contains(st, "attachment") {
-		t.Errorf("attachments recorded:\n%s", st)
+	if st := e.shaperState(t); strings.Count(st, "attachment") != 2 {
+		t.Errorf("want the degraded shaper and its backstop recorded:\n%s", st)
+	}
+	rep := mustRun(t, "dokku-netshape", "report", app, "--netshape-shaped")
+	if want := fmt.Sprintf("%s.web.1/%s egress (%s)", app, eth, shaper.DegradedNoFq); !strings.Contains(rep.stdout, want) {
+		t.Errorf("report --netshape-shaped:\n%s\nwant it to contain %q", rep.stdout, want)
 	}
 }
 
@@ -146,6 +153,11 @@ func TestDockerBlkioDoesNotBlockLaterSets(t *testing.T) {
 	}
 }
 
+// normStamps replaces report's sampling moments (new on every run) by TIME.
+func normStamps(s string) string {
+	return regexp.MustCompile(`"\d{4}-\d\d-\d\dT[0-9:.]+Z"`).ReplaceAllString(s, `"TIME"`)
+}
+
 // TestDockerReport checks report's three formats against golden files, for
 // an app with limits and one running container (not shaped: nothing was
 // applied). The random app name is replaced by APP.
@@ -162,7 +174,7 @@ func TestDockerReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.AddApp("zzz-idle", "web", 1) // no limits, no containers
-	norm := func(s string) string { return strings.ReplaceAll(s, app, "APP") }
+	norm := func(s string) string { return normStamps(strings.ReplaceAll(s, app, "APP")) }
 	for _, tc := range []struct {
 		golden string
 		args   []string
@@ -194,8 +206,8 @@ func TestDockerReport(t *testing.T) {
 }
 
 // post-deploy APP "" "" TAG, as Dokku passes it: an app without network
-// limits is a no-op; one whose limit cannot be enforced (no fq here) is
-// warned about loudly but does not fail the deploy.
+// limits is a no-op; one whose limit can only be enforced degraded (no fq
+// here) is warned about per device but does not fail the deploy.
 func TestDockerPostDeploy(t *testing.T) {
 	nettest.RequireRoot(t)
 	cli := dockertest.Need(t)
@@ -218,9 +230,8 @@ func TestDockerPostDeploy(t *testing.T) {
 		t.Fatalf("post-deploy failed the deploy:\n%s", o)
 	}
 	for _, want := range []string{
-		"netshape: LIMIT NOT ENFORCED for " + app + " container " + app + ".web.1 eth0 egress",
-		" !     netshape: limits of " + app + " not (fully) enforced: ",
-		"the kernel has no fq qdisc (sch_fq)",
+		"netshape: " + app + " container " + app + ".web.1 eth0 egress: " + shaper.DegradedNoFq,
+		"netshape: " + app + " container " + app + ".web.1 eth0 ingress: " + shaper.DegradedNoFq,
 	} {
 		if !strings.Contains(o.stderr, want) {
 			t.Errorf("post-deploy stderr lacks %q:\n%s", want, o.stderr)

@@ -389,7 +389,7 @@ func TestBashCompletion(t *testing.T) {
 		want  string
 	}{
 		{[]string{"cl"}, "clear"},
-		{[]string{""}, "set clear apply report remove watch completion man help h"},
+		{[]string{""}, "set clear apply report remove watch top completion man help h"},
 		{[]string{"set", "shop", "--eg"}, "--egress"},
 		{[]string{"set", "--no"}, "--no-apply"},
 		{[]string{"clear", "shop", "--a"}, "--all"},

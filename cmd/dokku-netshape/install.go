@@ -69,7 +69,7 @@ func systemctl() string {
 // binary with as root (what asRoot re-runs through sudo). "report" appears
 // bare too: sudoers' "report *" needs at least the space, and
 // `netshape:report` without an app runs plain "report".
-var rootCommands = []string{"apply *", "remove *", "report", "report *"}
+var rootCommands = []string{"apply *", "remove *", "report", "report *", "top *"}
 
 // sudoersAlias names our commands; aliases are global across sudoers files.
 const sudoersAlias = "DOKKU_NETSHAPE"
@@ -106,7 +106,9 @@ func sudoersContent(self, user string) (string, error) {
 
 // unitEnv are the install-time variables the watcher needs to find the same
 // Dokku tree (Dokku exports them to the install trigger).
-var unitEnv = []string{"DOKKU_ROOT", "DOKKU_LIB_ROOT", "DOKKU_SYSTEM_USER", "DOKKU_SYSTEM_GROUP"}
+// NETSHAPE_METRICS_ADDR, when root's environment has it at install, becomes
+// the watcher's metrics address (else the --global property decides).
+var unitEnv = []string{"DOKKU_ROOT", "DOKKU_LIB_ROOT", "DOKKU_SYSTEM_USER", "DOKKU_SYSTEM_GROUP", envMetricsAddr}
 
 func unitContent(self string) string {
 	var env strings.Builder
@@ -175,7 +177,7 @@ func install(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("-----> netshape: %s may run %s as root (%s)\n", user, "apply, remove, report", sudoersPath())
+	fmt.Printf("-----> netshape: %s may run %s as root (%s)\n", user, "apply, remove, report, top", sudoersPath())
 	if !checked {
 		fmt.Println(" !     netshape: visudo not found: sudo is not installed, so triggers run by Dokku as " + user + " cannot apply limits (apt-get install sudo)")
 	}

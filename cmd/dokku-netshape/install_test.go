@@ -151,7 +151,7 @@ func TestRootInstallWritesSudoersAndUnit(t *testing.T) {
 		"# Dokku runs plugins as dokku; attaching BPF programs needs root, so exactly these\n" +
 		"# subcommands of the plugin binary may run as root, with a reset environment: the root\n" +
 		"# side reads Dokku's paths from /etc/dokku-netshape/paths, never from its caller.\n" +
-		"Cmnd_Alias DOKKU_NETSHAPE = " + self + " apply *, " + self + " remove *, " + self + " report, " + self + " report *\n" +
+		"Cmnd_Alias DOKKU_NETSHAPE = " + self + " apply *, " + self + " remove *, " + self + " report, " + self + " report *, " + self + " top *\n" +
 		"Defaults!DOKKU_NETSHAPE env_reset\n" +
 		"dokku ALL=(root) NOPASSWD: DOKKU_NETSHAPE\n"
 	wantFile(t, e.sudoers, wantSudoers, 0o440)

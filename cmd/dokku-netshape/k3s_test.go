@@ -134,7 +134,7 @@ func TestDockerK3sApplyAndReport(t *testing.T) {
 		{"report-k3s-all.golden", []string{"report"}},
 	} {
 		o := mustRun(t, append([]string{"dokku-netshape"}, tc.args...)...)
-		golden(t, tc.golden, o.stdout)
+		golden(t, tc.golden, normStamps(o.stdout))
 	}
 }
 

@@ -18,9 +18,11 @@ const pluginName = "netshape"
 var pluginCommands = []struct{ name, args, desc string }{
 	// set's full flag list would make every help line 200 columns wide.
 	{"set", "<app> [--process-type P] [LIMIT-FLAGS] [--no-apply] [--force]", "Set limits of an app and apply them to its running containers (flags: netshape:set --help)"},
+	{"set", "--global [--monitor on|off] [--metrics-addr HOST:PORT|off]", "Count every app's traffic (monitor) or serve Prometheus metrics from the watcher"},
 	{"clear", "<app> [--process-type P] (--egress|--ingress|--all) [--no-apply]", "Clear limits of an app"},
 	{"apply", "(<app>|--all) [--force]", "Make running containers enforce the configured limits"},
-	{"report", "[<app>] [--format stdout|json] [--netshape-FIELD]", "Show limits with shaped interfaces and counters"},
+	{"report", "[<app>] [--format stdout|json] [--netshape-FIELD] [--sample-window 500ms]", "Show limits with shaped interfaces and counters and current rates"},
+	{"top", "[--interval 1s] [--count N]", "Live view of who uses the network: rates against limits with drops and bypassed"},
 	{"help", "", "Show this help"},
 }
 

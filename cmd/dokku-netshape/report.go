@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -19,12 +20,14 @@ import (
 	"github.com/dokku-netshape/dokku-netshape/pkg/rate"
 	"github.com/dokku-netshape/dokku-netshape/pkg/reconcile"
 	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
+	"github.com/dokku-netshape/dokku-netshape/pkg/usage"
 )
 
 // reportFields are the `--netshape-FIELD` names, in display order.
 var reportFields = []string{
 	"egress", "ingress", "process-limits", "memory", "memory-swap", "cpus", "docker-options",
 	"shaped", "unshaped", "warnings", "counters", "bypassed", "cluster",
+	"usage", "egress-rate", "ingress-rate",
 }
 
 // appReport is one app's report: every field as text, and the numbers that
@@ -34,13 +37,18 @@ type appReport struct {
 	// bypassed: per egress budget ("_default_/egress"), the frames its
 	// host-side backstop dropped because they skipped the EDT shaper.
 	bypassed map[string]uint64
+	// usage: the app's budgets sampled now (reportusage.go); nil when the
+	// report did not sample.
+	usage                   []usage.Usage
+	egressRate, ingressRate float64
+	sampledFrom, sampledTo  time.Time
 }
 
 func reportCommand() *cli.Command {
 	return &cli.Command{
 		Name:            "report",
 		Usage:           "show configured limits, shaped devices and counters",
-		ArgsUsage:       "[APP] [--format stdout|json] [--netshape-FIELD]",
+		ArgsUsage:       "[APP] [--format stdout|json] [--netshape-FIELD] [--sample-window 500ms]",
 		SkipFlagParsing: true, // Dokku's --netshape-FIELD flags are open-ended
 		Action: func(c *cli.Context) error {
 			return runReport(c.Context, c.Args().Slice(), os.Stdout)
@@ -52,6 +60,7 @@ type reportArgs struct {
 	app    string
 	format string
 	field  string
+	window time.Duration // --sample-window; 0: defaultSampleWindow
 }
 
 func parseReportArgs(args []string) (reportArgs, error) {
@@ -76,6 +85,23 @@ func parseReportArgs(args []string) (reportArgs, error) {
 				return ra, errors.New("--format given more than once")
 			}
 			ra.format, formatSet = v, true
+		case a == "--sample-window" || strings.HasPrefix(a, "--sample-window="):
+			v, ok := strings.CutPrefix(a, "--sample-window=")
+			if !ok {
+				if i+1 >= len(args) {
+					return ra, errors.New("--sample-window needs a duration, e.g. 500ms")
+				}
+				i++
+				v = args[i]
+			}
+			if ra.window != 0 {
+				return ra, errors.New("--sample-window given more than once")
+			}
+			d, err := parseSampleWindow(v)
+			if err != nil {
+				return ra, err
+			}
+			ra.window = d
 		case strings.HasPrefix(a, "--netshape-"):
 			f := strings.TrimPrefix(a, "--netshape-")
 			if !slices.Contains(reportFields, f) {
@@ -118,6 +144,10 @@ func runReport(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	return asRoot(ctx, append([]string{"report"}, args...), func() error {
+		rows, err := sampleUsage(ctx, ra, apps)
+		if err != nil {
+			return err
+		}
 		return withReconciler(ctx, false, func(r *reconcile.Reconciler) error {
 			// One app's broken property must not hide the others: each
 			// app's error goes in its own section, the exit status says
@@ -129,6 +159,9 @@ func runReport(ctx context.Context, args []string, out io.Writer) error {
 				if err != nil {
 					failed[app] = err
 					continue
+				}
+				if ra.needsUsage() {
+					rep.addUsage(app, rows)
 				}
 				all[app] = rep
 			}
@@ -218,6 +251,7 @@ func (a appReport) json() map[string]any {
 		bypassed = map[string]uint64{}
 	}
 	out["netshape-bypassed"] = bypassed
+	a.usageJSON(out)
 	return out
 }
 
@@ -247,6 +281,9 @@ func reportApp(ctx context.Context, r *reconcile.Reconciler, app string) (appRep
 	}
 	var procLimits []string
 	for _, w := range st.Wants {
+		if w.Budget.CountOnly {
+			continue // monitored, not a limit
+		}
 		v := rate.Rate(w.Budget.Rate).String()
 		if w.Scope == reconcile.DefaultScope {
 			f[string(w.Direction)] = v
@@ -274,6 +311,12 @@ func reportApp(ctx context.Context, r *reconcile.Reconciler, app string) (appRep
 		item := fmt.Sprintf("%s/%s %s", s.Container, s.Interface, s.Direction)
 		if s.Backstop() {
 			item += " backstop"
+		}
+		if s.Counted() {
+			item += " counted"
+		}
+		if s.Degraded() {
+			item += " (" + shaper.DegradedNoFq + ")"
 		}
 		shaped = append(shaped, item)
 	}

@@ -150,14 +150,15 @@ func rootConfContent(env dokku.Env) (string, error) {
 //
 //	apply APP [--force] | apply --all [--force]
 //	remove APP
-//	report [APP] [--format stdout|json] [--netshape-FIELD]
+//	report [APP] [--format stdout|json] [--netshape-FIELD] [--sample-window D]
+//	top --interval D --count N     (D 100ms..1m, N 0..1000000; read-only)
 //
 // --force is allowed: it replaces a foreign root qdisc only on the veths of
 // the app's own containers, which the dokku user already controls (and
 // `netshape:set --force` needs it).
 func checkGrantedArgs(args []string) error {
 	refuse := func(why string) error {
-		return fmt.Errorf("run through sudo, only `apply APP|--all [--force]`, `remove APP` and `report [APP] [--format F] [--netshape-FIELD]` are allowed: %s", why)
+		return fmt.Errorf("run through sudo, only `apply APP|--all [--force]`, `remove APP`, `report [APP] [--format F] [--netshape-FIELD] [--sample-window D]` and `top --interval D --count N` are allowed: %s", why)
 	}
 	if len(args) == 0 {
 		return refuse("no command")
@@ -189,6 +190,10 @@ func checkGrantedArgs(args []string) error {
 			return refuse("remove needs exactly one APP")
 		}
 		if err := dokku.ValidateAppName(args[1]); err != nil {
+			return refuse(err.Error())
+		}
+	case "top":
+		if err := checkGrantedTop(args[1:]); err != nil {
 			return refuse(err.Error())
 		}
 	case "report":

@@ -22,19 +22,35 @@ func watchCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "watch",
 		Usage: "shape containers as Docker starts them and apply resource:limit changes as Dokku writes them (runs until stopped)",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "metrics-addr", EnvVars: []string{envMetricsAddr},
+				Usage: "serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9479 (default: the --global metrics-addr property, else off)"},
+		},
 		Action: func(c *cli.Context) error {
 			if os.Geteuid() != 0 {
 				return errors.New("watch must run as root (it attaches BPF programs)")
 			}
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			defer watchStats(os.Stderr)()
 			docker, err := newDocker()
 			if err != nil {
 				return fmt.Errorf("connect to Docker: %w", err)
 			}
 			defer docker.Close()
+			defer watchStats(os.Stderr, docker.CloseIdle)()
 			env := dokku.EnvFromOS()
+			// Metrics never cost the shaping: a bad or taken address is said
+			// loudly and the watcher goes on without an endpoint.
+			addr, err := metricsAddr(c, env)
+			if err == nil {
+				var stopMetrics func()
+				if stopMetrics, err = serveMetrics(ctx, addr, env); err == nil {
+					defer stopMetrics()
+				}
+			}
+			if err != nil {
+				fmt.Fprintf(os.Stderr, " !     netshape watch: no metrics endpoint: %v\n", err)
+			}
 			k := &kept{env: env, docker: docker}
 			defer k.close()
 			w := &watch.Watcher{
@@ -102,7 +118,7 @@ func (k *kept) do(fn func(*reconcile.Reconciler) error) error {
 			return err
 		}
 	}
-	return fn(&reconcile.Reconciler{Env: k.env, Docker: k.docker, Shaper: k.s, Log: os.Stderr})
+	return fn(&reconcile.Reconciler{Env: k.env, Docker: k.docker, Shaper: k.s, Log: os.Stderr, Monitor: monitorOn(k.env)})
 }
 
 func (k *kept) close() {

@@ -146,6 +146,11 @@ func (c *Client) API() *client.Client { return c.api }
 // Close releases the client's connections.
 func (c *Client) Close() error { return c.api.Close() }
 
+// CloseIdle closes the idle keep-alive connections to the daemon. They are a
+// cache (bounded by the HTTP transport), so a long-running caller that counts
+// its descriptors closes them first to see only what it really holds.
+func (c *Client) CloseIdle() { c.api.HTTPClient().CloseIdleConnections() }
+
 // Ping checks that the daemon answers.
 func (c *Client) Ping(ctx context.Context) error {
 	if err := c.call(ctx, func(ctx context.Context) error { _, err := c.api.Ping(ctx); return err }); err != nil {

@@ -1,6 +1,8 @@
 package reconcile
 
 import (
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -24,13 +26,17 @@ const parallelAttaches = 4
 // shaped the interface's egress: the backstop's tolerance assumes EDT paces
 // the traffic, so alone it would become the limit (fail open instead). A
 // device's hooks are never attached at once (without TCX they share one
-// clsact qdisc).
+// clsact qdisc), so counting at a host veth's ingress (Monitor) also waits
+// for the second wave, unguarded.
 func (r *Reconciler) attach(planned []Shaped, res *Result) map[devID]string {
-	var shapes, backstops []Shaped
+	var shapes, backstops, counts []Shaped
 	for _, p := range planned {
-		if p.Backstop() {
+		switch {
+		case p.Backstop():
 			backstops = append(backstops, p)
-		} else {
+		case p.Counted() && p.Hook == shaper.HookPolice:
+			counts = append(counts, p)
+		default:
 			shapes = append(shapes, p)
 		}
 	}
@@ -42,7 +48,7 @@ func (r *Reconciler) attach(planned []Shaped, res *Result) map[devID]string {
 		}
 	}
 	res.ShapedAt = time.Now()
-	var guarded []Shaped
+	guarded := counts
 	for _, p := range backstops {
 		if egressShaped[[2]string{p.Container, p.Interface}] {
 			guarded = append(guarded, p)
@@ -72,7 +78,15 @@ func (r *Reconciler) attachAll(planned []Shaped) []attached {
 			defer wg.Done()
 			slots <- struct{}{}
 			defer func() { <-slots }()
-			a, err := r.Shaper.Attach(p.Device, p.Budget, shaper.AttachOptions{Force: r.Force, Hook: p.Hook})
+			opts := shaper.AttachOptions{Force: r.Force, Hook: p.Hook}
+			a, err := r.Shaper.Attach(p.Device, p.Budget, opts)
+			if errors.Is(err, shaper.ErrNoFq) && p.Hook == shaper.HookShape {
+				// Only a kernel without sch_fq degrades a device: the same
+				// budget enforced by the program as a policer (no pacing).
+				// Any other failure leaves the device unshaped (record).
+				opts.NoFq = true
+				a, err = r.Shaper.Attach(p.Device, p.Budget, opts)
+			}
 			out[i] = attached{p, a, err}
 		}()
 	}
@@ -83,6 +97,11 @@ func (r *Reconciler) attachAll(planned []Shaped) []attached {
 // record notes one outcome in res and want; true if the device is attached.
 func (r *Reconciler) record(o attached, res *Result, want map[devID]string) bool {
 	p := o.p
+	if o.err != nil && p.Counted() {
+		// Nothing is limited here, so nothing fails open: say it, carry on.
+		res.Warnings = append(res.Warnings, fmt.Sprintf("%s %s %s: not counted: %v", p.Container, p.Interface, p.Direction, o.err))
+		return false
+	}
 	if o.err != nil {
 		reason := "attach failed"
 		if p.Backstop() {
@@ -93,6 +112,10 @@ func (r *Reconciler) record(o attached, res *Result, want map[devID]string) bool
 		return false
 	}
 	want[devID{o.a.NetnsIno, o.a.Ifindex, o.a.Hook}] = p.Budget
+	p.Datapath = o.a.Datapath
+	if o.a.Degraded() {
+		r.warn("netshape: %s container %s %s %s: %s", res.App, p.Container, p.Interface, p.Direction, shaper.DegradedNoFq)
+	}
 	res.Shaped = append(res.Shaped, p)
 	return true
 }

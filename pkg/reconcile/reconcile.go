@@ -52,6 +52,20 @@ type Reconciler struct {
 	Log io.Writer
 	// Interfaces maps a container netns to its veths; nil means veth.Interfaces.
 	Interfaces func(netnsPath string) ([]veth.Pair, error)
+	// Monitor counts what no limit covers: each direction of an app without
+	// a _default_ limit gets a count-only budget (shaper.Budget.CountOnly,
+	// named like the limit would be: BudgetName(app, DefaultScope, dir)),
+	// which every container of a process type without its own limit uses.
+	// Its counters are read like any budget's: Shaper.Budget(name).Stats
+	// (Bytes, Packets). Counting happens on the host-side veth (tc ingress
+	// for app egress, tc egress for app ingress: the container cannot skip
+	// it), without any qdisc, at a few tens of ns per packet; a veth whose
+	// peer is elsewhere is counted on the container side. Setting a limit on
+	// a monitored app and reconciling switches its devices to shaping live,
+	// and clearing it switches them back. Off (nil-value) means no counting.
+	// Set it on every Reconciler of a host alike (CLI, post-deploy, watcher),
+	// or one run's removals undo another's counting.
+	Monitor bool
 
 	// pruned: the shaper's records of vanished devices were pruned in this
 	// run (see pruneOnce); prune is Shaper.Prune unless a test counts it.
@@ -79,10 +93,22 @@ type Shaped struct {
 	// the backstop that polices an interface's app egress a second time on
 	// its host-side peer (where the container cannot bypass it).
 	Hook shaper.Hook
+	// Datapath is shaper.DatapathCount for a count-only budget (Monitor),
+	// shaper.DatapathPolicing for a shaping attachment degraded to a policer
+	// because the kernel lacks sch_fq, else shaper.DatapathEDT.
+	Datapath shaper.Datapath
 }
 
 // Backstop reports whether this is the host-side policer of app egress.
-func (s Shaped) Backstop() bool { return s.Hook == shaper.HookPolice }
+func (s Shaped) Backstop() bool {
+	return s.Hook == shaper.HookPolice && s.Datapath != shaper.DatapathCount
+}
+
+// Counted reports a count-only attachment: monitored, not limited.
+func (s Shaped) Counted() bool { return s.Datapath == shaper.DatapathCount }
+
+// Degraded reports a limit enforced without fq: shaper.DegradedNoFq.
+func (s Shaped) Degraded() bool { return s.Datapath == shaper.DatapathPolicing }
 
 // Unshaped is something that should carry a limit but does not, and why.
 type Unshaped struct {
@@ -164,31 +190,48 @@ func (r *Reconciler) Wants(app string, procs []string) ([]Want, error) {
 				Budget: shaper.Budget{Name: name, Rate: bps}})
 		}
 	}
+	if r.Monitor {
+		for _, dir := range []Direction{Egress, Ingress} {
+			name := BudgetName(app, DefaultScope, dir)
+			if !seen[name] {
+				out = append(out, Want{Scope: DefaultScope, Direction: dir, Budget: shaper.Budget{Name: name, CountOnly: true}})
+			}
+		}
+	}
 	return out, nil
 }
 
-// budgetFor picks the budget a process type's traffic in one direction uses.
+// budgetFor names the budget a process type's traffic in one direction uses.
 func budgetFor(wants []Want, proc string, dir Direction) (string, bool) {
-	fallback := ""
+	w, ok := wantFor(wants, proc, dir)
+	return w.Budget.Name, ok
+}
+
+// wantFor picks the want a process type's traffic in one direction uses.
+func wantFor(wants []Want, proc string, dir Direction) (Want, bool) {
+	var fallback Want
+	found := false
 	for _, w := range wants {
 		if w.Direction != dir {
 			continue
 		}
 		if w.Scope == proc {
-			return w.Budget.Name, true
+			return w, true
 		}
 		if w.Scope == DefaultScope {
-			fallback = w.Budget.Name
+			fallback, found = w, true
 		}
 	}
-	return fallback, fallback != ""
+	return fallback, found
 }
 
 // App reconciles one app: it creates or updates the app's budgets, attaches
 // them to every interface of every running container, and removes whatever
 // this tool attached for the app that is no longer configured or running.
 // A device that cannot be shaped is left unshaped (never half-shaped) and
-// reported; App carries on with the others.
+// reported; App carries on with the others. On a kernel without sch_fq
+// (shaper.ErrNoFq) a device is enforced degraded instead: policed by the
+// program, no pacing (Shaped.Degraded, shaper.DegradedNoFq).
 func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 	res := Result{App: app}
 	if r.Shaper == nil {
@@ -282,8 +325,9 @@ func (r *Reconciler) planContainer(c containers.Container, wants []Want, res *Re
 		res.Unshaped = append(res.Unshaped, Unshaped{Container: c.Name, Process: c.ProcessType, Reason: reason, Err: err})
 		return nil
 	}
-	egress, hasEgress := budgetFor(wants, c.ProcessType, Egress)
-	ingress, hasIngress := budgetFor(wants, c.ProcessType, Ingress)
+	egressWant, hasEgress := wantFor(wants, c.ProcessType, Egress)
+	ingressWant, hasIngress := wantFor(wants, c.ProcessType, Ingress)
+	egress, ingress := egressWant.Budget.Name, ingressWant.Budget.Name
 	if !hasEgress && !hasIngress {
 		return nil
 	}
@@ -316,7 +360,22 @@ func (r *Reconciler) planContainer(c containers.Container, wants []Want, res *Re
 	var out []Shaped
 	for _, p := range pairs {
 		item := Shaped{Container: c.Name, Process: c.ProcessType, Interface: p.ContainerIf.Name}
-		if hasEgress {
+		// Counted on the host side where it can be (out of the container's
+		// reach; app egress at the host veth's ingress, app ingress at its
+		// egress), else at the container-side device's opposite hook.
+		count := func(dir Direction, budget string, hostHook, ownHook shaper.Hook) {
+			it := item
+			it.Direction, it.Budget, it.Datapath = dir, budget, shaper.DatapathCount
+			if p.Peer == veth.PeerHost {
+				it.Device, it.Hook = shaper.Device{Name: p.HostIf.Name}, hostHook
+			} else {
+				it.Device, it.Hook = shaper.Device{Netns: path, Name: p.ContainerIf.Name}, ownHook
+			}
+			out = append(out, it)
+		}
+		if hasEgress && egressWant.Budget.CountOnly {
+			count(Egress, egress, shaper.HookPolice, shaper.HookShape)
+		} else if hasEgress {
 			item.Direction, item.Budget = Egress, egress
 			item.Device = shaper.Device{Netns: path, Name: p.ContainerIf.Name}
 			out = append(out, item)
@@ -333,6 +392,10 @@ func (r *Reconciler) planContainer(c containers.Container, wants []Want, res *Re
 			}
 		}
 		if !hasIngress {
+			continue
+		}
+		if ingressWant.Budget.CountOnly {
+			count(Ingress, ingress, shaper.HookShape, shaper.HookPolice)
 			continue
 		}
 		if p.Peer != veth.PeerHost {
@@ -367,8 +430,8 @@ func (r *Reconciler) Status(ctx context.Context, app string) (Result, error) {
 	planned := r.plan(list, res.Wants, &res)
 	if r.Shaper == nil {
 		for _, p := range planned {
-			if p.Backstop() {
-				continue // said once per interface and direction
+			if p.Backstop() || p.Counted() {
+				continue // said once per interface and direction; counting is no limit
 			}
 			res.Unshaped = append(res.Unshaped, Unshaped{Container: p.Container, Process: p.Process, Interface: p.Interface,
 				Direction: p.Direction, Reason: "unknown: reading attachments needs root"})
@@ -380,10 +443,16 @@ func (r *Reconciler) Status(ctx context.Context, app string) (Result, error) {
 		return res, err
 	}
 	for _, p := range planned {
-		if slices.ContainsFunc(atts, func(a shaper.Attachment) bool {
-			return a.Device == p.Device && a.Budget == p.Budget && a.Hook == p.Hook
-		}) {
+		if i := slices.IndexFunc(atts, func(a shaper.Attachment) bool {
+			return a.Device == p.Device && a.Budget == p.Budget && a.Hook == p.Hook &&
+				(a.Datapath == shaper.DatapathCount) == p.Counted()
+		}); i >= 0 {
+			p.Datapath = atts[i].Datapath
 			res.Shaped = append(res.Shaped, p)
+			continue
+		}
+		if p.Counted() {
+			res.Warnings = append(res.Warnings, fmt.Sprintf("%s %s %s: not counted: run `dokku netshape:apply %s`", p.Container, p.Interface, p.Direction, app))
 			continue
 		}
 		what := "not attached"

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -104,43 +105,88 @@ func openShaper(t *testing.T) *shaper.Shaper {
 	return s
 }
 
-// On a kernel without fq (the dev/CI host) a configured limit cannot be
-// enforced: App must say so loudly, leave every device untouched, and report
-// each one as unshaped with the cause.
-func TestRootReconcileWithoutFqFailsOpen(t *testing.T) {
+// On a kernel without fq (the dev/CI host) a configured limit is enforced
+// degraded: every shaping device gets the policer variant and no qdisc, the
+// backstop as usual, the result and the log say "degraded". Only ErrNoFq
+// degrades: a device refused for another reason (a foreign root qdisc) stays
+// unshaped and fails open, loudly, with its own cause.
+func TestRootReconcileWithoutFqPolices(t *testing.T) {
 	nettest.RequireRoot(t)
 	if nettest.HaveFq(t) {
 		t.Skip("kernel has sch_fq; this is the fq-missing path of the dev/CI host")
 	}
 	f := dokkutest.NewFixture(t)
-	f.AddApp("shop", "web", 1)
+	f.AddApp("shop", "web", 2)
 	f.SetResource("shop", "", dokku.Limit, dokku.Network, "20mbit")
 	c, p := fakeContainer(t, "shop", "web", 1, 11)
+	c2, p2 := fakeContainer(t, "shop", "web", 2, 12)
+	nettest.Run(t, "tc", "qdisc", "add", "dev", p2.NameB, "root", "handle", "7:", "tbf", "rate", "1gbit", "burst", "64kb", "latency", "10ms")
 	var log bytes.Buffer
-	r := &Reconciler{Env: f.Env, Docker: fakeDocker{"shop": {c}}, Shaper: openShaper(t), Log: &log}
+	r := &Reconciler{Env: f.Env, Docker: fakeDocker{"shop": {c, c2}}, Shaper: openShaper(t), Log: &log}
 	res, err := r.App(context.Background(), "shop")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Shaped) != 0 || len(res.Unshaped) != 2 {
-		t.Fatalf("shaped %v unshaped %v, want 0 and 2", res.Shaped, res.Unshaped)
+	var got []string
+	for _, s := range res.Shaped {
+		got = append(got, fmt.Sprintf("%s %s %s %v", s.Container, s.Direction, s.Hook, s.Degraded()))
 	}
-	if !errors.Is(res.Err(), shaper.ErrNoFq) {
-		t.Fatalf("Err() = %v, want ErrNoFq", res.Err())
+	want := []string{
+		"shop.web.1 egress police false", "shop.web.1 egress shape true", "shop.web.1 ingress shape true",
+		"shop.web.2 egress police false", "shop.web.2 egress shape true",
 	}
-	if !strings.Contains(log.String(), "LIMIT NOT ENFORCED for shop container shop.web.1 "+p.NameA+" egress") {
-		t.Fatalf("no loud warning: %q", log.String())
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Fatalf("shaped %q, want %q", got, want)
 	}
-	if atts, _ := r.Shaper.Attachments(); len(atts) != 0 {
-		t.Fatalf("attachments %v", atts)
+	// web.2's host peer carries someone else's root qdisc: not ErrNoFq, so not degraded but refused.
+	if len(res.Unshaped) != 1 || res.Unshaped[0].Container != c2.Name || res.Unshaped[0].Direction != Ingress ||
+		!errors.Is(res.Unshaped[0].Err, shaper.ErrForeignQdisc) {
+		t.Fatalf("unshaped %+v, want web.2 ingress refused for its foreign qdisc", res.Unshaped)
 	}
+	if errors.Is(res.Err(), shaper.ErrNoFq) {
+		t.Fatalf("Err() = %v: ErrNoFq must have been handled by degrading", res.Err())
+	}
+	for _, w := range []string{
+		"shop container shop.web.1 " + p.NameA + " egress: " + shaper.DegradedNoFq,
+		"shop container shop.web.1 " + p.NameA + " ingress: " + shaper.DegradedNoFq,
+		"LIMIT NOT ENFORCED for shop container shop.web.2 " + p2.NameA + " ingress",
+	} {
+		if !strings.Contains(log.String(), w) {
+			t.Fatalf("log lacks %q: %q", w, log.String())
+		}
+	}
+	atts, _ := r.Shaper.Attachments()
+	if len(atts) != 5 {
+		t.Fatalf("attachments %v, want 5", atts)
+	}
+	for _, a := range atts {
+		if a.Degraded() != (a.Hook == shaper.HookShape) {
+			t.Fatalf("attachment %+v: degraded %v", a, a.Degraded())
+		}
+	}
+	// No qdisc of ours anywhere: the policer needs none.
 	for _, args := range [][]string{
 		{"ip", "netns", "exec", p.A.Name, "tc", "qdisc", "show", "dev", p.NameA},
 		{"tc", "qdisc", "show", "dev", p.NameB},
 	} {
-		if out := nettest.Run(t, args...); !strings.Contains(out, "noqueue 0: root") || strings.Count(out, "qdisc") != 1 {
-			t.Fatalf("%v: device changed: %s", args, out)
+		if out := nettest.Run(t, args...); !strings.Contains(out, "noqueue 0: root") {
+			t.Fatalf("%v: root qdisc changed: %s", args, out)
 		}
+	}
+	// report reads the same.
+	st, err := r.Status(context.Background(), "shop")
+	if err != nil || len(st.Shaped) != 5 {
+		t.Fatalf("status %+v %v", st.Shaped, err)
+	}
+	for _, s := range st.Shaped {
+		if s.Degraded() != (s.Hook == shaper.HookShape) {
+			t.Fatalf("status %+v: degraded %v", s, s.Degraded())
+		}
+	}
+	// A second run changes nothing.
+	if res, err := r.App(context.Background(), "shop"); err != nil || len(res.Removed) != 0 || len(res.Shaped) != 5 {
+		t.Fatalf("second run: %+v %v", res, err)
 	}
 }
 

@@ -117,8 +117,8 @@ func TestRootMaxBudgetNameIsTheShapersCap(t *testing.T) {
 
 // A 255-byte app with a long process type reconciles like any other: its
 // budgets are made (hashed names), its devices attached where the kernel has
-// fq (the VM guests; on the dev/CI host the attach fails open with ErrNoFq and
-// nothing else), report sees the real names, and once the app is deleted
+// fq (the VM guests; on the dev/CI host every device is enforced degraded, as a
+// policer without fq), report sees the real names, and once the app is deleted
 // RemoveGone finds its budgets by the hashed name and removes them and their
 // attachments, leaving the other app alone.
 func TestRootLongAppAndProcessNames(t *testing.T) {
@@ -165,10 +165,10 @@ func TestRootLongAppAndProcessNames(t *testing.T) {
 		t.Fatalf("status wants %+v: no %s egress", st.Wants, longProc)
 	}
 	// Per interface: egress at the source, its host-side backstop, ingress on the host peer.
-	if fq && (len(st.Shaped) != 6 || len(st.Unshaped) != 0) {
+	if len(st.Shaped) != 6 || len(st.Unshaped) != 0 {
 		t.Fatalf("status: shaped %d unshaped %+v, want 6 and none", len(st.Shaped), st.Unshaped)
 	}
-	if n := attachmentsOf(t, r.Shaper, longApp); fq && n != 6 || !fq && n != 0 {
+	if n := attachmentsOf(t, r.Shaper, longApp); n != 6 {
 		t.Fatalf("%d attachments of the long app (fq %v)", n, fq)
 	}
 
@@ -187,7 +187,7 @@ func TestRootLongAppAndProcessNames(t *testing.T) {
 		t.Fatalf("%d attachments of the deleted app left", n)
 	}
 	// shop's egress: at the source and its host-side backstop.
-	if n := attachmentsOf(t, r.Shaper, "shop"); fq && n != 2 {
+	if n := attachmentsOf(t, r.Shaper, "shop"); n != 2 {
 		t.Fatalf("shop lost its attachments: %d, want 2", n)
 	}
 	if err := r.Remove("shop"); err != nil {
@@ -201,22 +201,17 @@ func TestRootLongAppAndProcessNames(t *testing.T) {
 	}
 }
 
-// checkEnforced: with fq everything attached; without, every failure is fq's.
+// checkEnforced: everything attached; with fq as EDT, without it every
+// shaping device degraded to the policer (the backstop is a policer anyway).
 func checkEnforced(t *testing.T, res Result, fq bool) {
 	t.Helper()
-	if fq {
-		if err := res.Err(); err != nil {
-			t.Fatalf("reconcile %.16s…: %v", res.App, err)
-		}
-		return
+	if err := res.Err(); err != nil {
+		t.Fatalf("reconcile %.16s…: %v", res.App, err)
 	}
-	for _, u := range res.Unshaped {
-		if !errors.Is(u.Err, shaper.ErrNoFq) {
-			t.Fatalf("reconcile %.16s…: %s %s: %v, want only ErrNoFq on this kernel", res.App, u.Interface, u.Direction, u.Err)
+	for _, s := range res.Shaped {
+		if s.Hook == shaper.HookShape && s.Degraded() == fq {
+			t.Fatalf("reconcile %.16s…: %s %s degraded=%v on a kernel with fq=%v", res.App, s.Interface, s.Direction, s.Degraded(), fq)
 		}
-	}
-	if len(res.Unshaped) == 0 {
-		t.Fatalf("reconcile %.16s… shaped %d devices on a kernel without fq", res.App, len(res.Shaped))
 	}
 }
 
@@ -344,12 +339,9 @@ func TestRootPruneOncePerRun(t *testing.T) {
 		}
 		return prunes, opens
 	}
-	run() // attaches (with fq)
+	run() // attaches (degraded without fq)
 	prunes, opens := run()
-	wantOpens := 0
-	if fq {
-		wantOpens = 9 // 3 apps × (eth0, host peer's backstop, host peer)
-	}
+	wantOpens := 9 // 3 apps × (eth0, host peer's backstop, host peer)
 	if prunes != 1 || opens != wantOpens {
 		t.Fatalf("one run over %d apps: %d prunes opening %d namespaces, want 1 and %d", len(apps), prunes, opens, wantOpens)
 	}

@@ -18,9 +18,13 @@ const (
 	// ownPrefix starts the name of every program and legacy filter we attach;
 	// it is how we recognise ours among other tools' programs on a device.
 	ownPrefix = "netshape_"
-	// progName and policeName are the shaping and backstop programs.
+	// progName and policeName are the shaping and backstop programs;
+	// limitName is the shaping program's policing variant for kernels
+	// without sch_fq, countName the count-only program.
 	progName   = "netshape_edt"
 	policeName = "netshape_police"
+	limitName  = "netshape_limit"
+	countName  = "netshape_count"
 
 	// fqHandle is the handle of the fq root qdiscs we install ("4e53:", "NS").
 	// A root qdisc with any other non-zero handle belongs to someone else.
@@ -112,6 +116,38 @@ func (h Hook) side() string {
 	return "egress"
 }
 
+// Datapath says what an attachment's program does with packets. Attach picks
+// it from the budget and AttachOptions.NoFq; the registry records it.
+type Datapath uint8
+
+const (
+	// DatapathEDT: at HookShape the EDT program stamps departure times and
+	// our fq root enforces them; at HookPolice the backstop policer.
+	DatapathEDT Datapath = 0
+	// DatapathPolicing: degraded HookShape for a kernel without sch_fq. The
+	// program (netshape_limit) enforces the budget itself by dropping what
+	// runs past its horizon; nothing is paced, no qdisc is installed.
+	DatapathPolicing Datapath = 1
+	// DatapathCount: a count-only budget (Budget.CountOnly): netshape_count
+	// counts bytes and packets at either hook, enforces nothing, no qdisc.
+	DatapathCount Datapath = 2
+)
+
+// DegradedNoFq is what output says about a DatapathPolicing attachment.
+const DegradedNoFq = "degraded: policing, no pacing (kernel lacks sch_fq)"
+
+func (d Datapath) String() string {
+	switch d {
+	case DatapathEDT:
+		return "edt"
+	case DatapathPolicing:
+		return "policing"
+	case DatapathCount:
+		return "count"
+	}
+	return fmt.Sprintf("datapath(%d)", uint8(d))
+}
+
 // AttachOptions tune Attach.
 type AttachOptions struct {
 	// Force replaces a root qdisc that someone else installed. Without it
@@ -119,6 +155,13 @@ type AttachOptions struct {
 	Force bool
 	// Hook is what to attach: HookShape (the default) or HookPolice.
 	Hook Hook
+	// NoFq enforces a shaping budget at HookShape without fq, as a policer
+	// (DatapathPolicing): the fallback for a kernel without sch_fq. Callers
+	// set it only after Attach returned ErrNoFq for the device, as
+	// pkg/reconcile does; any other error must not degrade a device. An fq
+	// of ours already on the device is removed. Ignored for HookPolice and
+	// count-only budgets.
+	NoFq bool
 }
 
 // Attachment is one device enforcing one budget.
@@ -128,9 +171,38 @@ type Attachment struct {
 	BudgetID uint32
 	Mode     Mode
 	Hook     Hook
+	Datapath Datapath
 	NetnsIno uint64
 	Ifindex  int
 }
+
+// Degraded reports a shaping attachment enforced without fq (DegradedNoFq).
+func (a Attachment) Degraded() bool { return a.Datapath == DatapathPolicing }
+
+// datapath is what attaching a budget with config cfg at hook runs.
+func datapath(cfg edtBudgetCfg, hook Hook, noFq bool) Datapath {
+	switch {
+	case cfg.Flags&budgetCountOnly != 0:
+		return DatapathCount
+	case hook == HookShape && noFq:
+		return DatapathPolicing
+	}
+	return DatapathEDT
+}
+
+// progFor names the program a hook runs for a datapath.
+func progFor(hook Hook, dp Datapath) string {
+	switch dp {
+	case DatapathCount:
+		return countName
+	case DatapathPolicing:
+		return limitName
+	}
+	return hook.prog()
+}
+
+// needsFq: only EDT stamps departure times, which only fq enforces.
+func needsFq(hook Hook, dp Datapath) bool { return hook == HookShape && dp == DatapathEDT }
 
 // Attach makes dev enforce the named budget on everything it transmits:
 // an fq root qdisc first (harmless without the program: unstamped packets
@@ -144,6 +216,12 @@ type Attachment struct {
 // device's tc ingress instead (no qdisc): used on the host-side peer of a
 // container interface whose app egress the budget shapes. A device can carry
 // one attachment per hook.
+//
+// A count-only budget gets the count program at the hook instead, with no
+// qdisc (DatapathCount); with opts.NoFq a shaping budget is enforced as a
+// policer without fq (DatapathPolicing). Re-attaching after the budget or
+// NoFq changed switches the device in place: fq first when it becomes
+// needed, then the program swap, then our fq removed when no longer needed.
 func (s *Shaper) Attach(dev Device, budget string, opts AttachOptions) (Attachment, error) {
 	hook := opts.Hook
 	if hook != HookShape && hook != HookPolice {
@@ -156,6 +234,13 @@ func (s *Shaper) Attach(dev Device, budget string, opts AttachOptions) (Attachme
 	if !found {
 		return Attachment{}, fmt.Errorf("attach %s to budget %q: %w", dev, budget, ErrNoBudget)
 	}
+	var cfg edtBudgetCfg
+	if err := s.maps.NetshapeCfg.Lookup(id, &cfg); errors.Is(err, ebpf.ErrKeyNotExist) {
+		return Attachment{}, fmt.Errorf("attach %s to budget %q: %w (never configured)", dev, budget, ErrNoBudget)
+	} else if err != nil {
+		return Attachment{}, fmt.Errorf("attach %s: read config of budget %q: %w", dev, budget, err)
+	}
+	dp := datapath(cfg, hook, opts.NoFq)
 	// The registry stores both; a truncated path would later look like a
 	// vanished namespace and get the attachment pruned.
 	if len(dev.Netns) >= netnsPathLen || len(dev.Name) >= ifnameLen {
@@ -175,18 +260,26 @@ func (s *Shaper) Attach(dev Device, budget string, opts AttachOptions) (Attachme
 	if err != nil {
 		return Attachment{}, err
 	}
-	att := Attachment{Device: dev, Budget: budget, BudgetID: id, Hook: hook, NetnsIno: key.NetnsIno, Ifindex: int(key.Ifindex)}
-	if havePrev && prev.Budget == id && s.inPlace(ns, l, key, prev) {
+	att := Attachment{Device: dev, Budget: budget, BudgetID: id, Hook: hook, Datapath: dp, NetnsIno: key.NetnsIno, Ifindex: int(key.Ifindex)}
+	if havePrev && prev.Budget == id && Datapath(prev.Datapath) == dp && s.inPlace(ns, l, key, prev, dp) {
 		att.Mode = Mode(prev.Mode)
 		return att, nil
 	}
-	prog, err := s.program(id, budget, hook)
+	prog, err := s.load(id, budget, progFor(hook, dp))
 	if err != nil {
 		return Attachment{}, err
 	}
 
+	if dp == DatapathPolicing && cfg.Flags&budgetNoFq == 0 {
+		// Before the first packet is policed here: the budget's backstop
+		// must allow the no-fq policer's burst (bpf/edt.c BUDGET_NOFQ).
+		cfg.Flags |= budgetNoFq
+		if err := s.maps.NetshapeCfg.Update(id, cfg, ebpf.UpdateExist); err != nil {
+			return Attachment{}, fmt.Errorf("attach %s: mark budget %q as policed without fq: %w", dev, budget, err)
+		}
+	}
 	createdFq := false
-	if hook == HookShape {
+	if needsFq(hook, dp) {
 		if createdFq, err = ensureFq(ns, l, dev, opts.Force); err != nil {
 			return Attachment{}, err
 		}
@@ -197,13 +290,13 @@ func (s *Shaper) Attach(dev Device, budget string, opts AttachOptions) (Attachme
 		}
 	}
 
-	val := devVal{Budget: id}
+	val := devVal{Budget: id, Datapath: uint8(dp)}
 	if havePrev {
 		val.Flags = prev.Flags
 	}
 	val.setDevice(dev)
 
-	mode, createdClsact, err := s.attachProg(ns, l, key, prog, dev)
+	mode, createdClsact, err := s.attachProg(ns, l, key, prog, progFor(hook, dp), dev)
 	if err != nil {
 		undoFq()
 		return Attachment{}, err
@@ -220,16 +313,23 @@ func (s *Shaper) Attach(dev Device, budget string, opts AttachOptions) (Attachme
 		return Attachment{}, fmt.Errorf("record attachment of %s: %w", dev, err)
 	}
 	att.Mode = mode
+	if hook == HookShape && !needsFq(hook, dp) {
+		// Switched from EDT: its fq is no longer needed (the program that
+		// stamped for it is gone). Packets it still holds are dropped with it.
+		if err := removeOurFq(ns, l, dev); err != nil {
+			return att, err
+		}
+	}
 	return att, nil
 }
 
 // inPlace reports whether a recorded attachment is still whole on the device:
-// our fq at the root (shaping only) and our program at the hook. Then Attach
-// has nothing to do.
-func (s *Shaper) inPlace(ns *nsRef, l netlink.Link, k devKey, v devVal) bool {
+// our fq at the root exactly when the datapath needs one, and our program at
+// the hook. Then Attach has nothing to do.
+func (s *Shaper) inPlace(ns *nsRef, l netlink.Link, k devKey, v devVal, dp Datapath) bool {
 	if k.Hook == HookShape {
 		root, err := rootQdisc(ns, l, Device{})
-		if err != nil || root == nil || !isOurFq(root) {
+		if err != nil || (root != nil && isOurFq(root)) != needsFq(k.Hook, dp) {
 			return false
 		}
 	}
@@ -248,7 +348,7 @@ func (s *Shaper) inPlace(ns *nsRef, l netlink.Link, k devKey, v devVal) bool {
 			return false
 		}
 		for _, f := range filters {
-			if isOurFilter(f) {
+			if bf, ok := f.(*netlink.BpfFilter); ok && bf.Name == progFor(k.Hook, dp) {
 				return true
 			}
 		}
@@ -256,27 +356,32 @@ func (s *Shaper) inPlace(ns *nsRef, l netlink.Link, k devKey, v devVal) bool {
 	return false
 }
 
-// program returns the hook's program instance whose budget_id constant is id.
+// program returns the hook's EDT-datapath program instance for budget id.
 func (s *Shaper) program(id uint32, budget string, hook Hook) (*ebpf.Program, error) {
+	return s.load(id, budget, hook.prog())
+}
+
+// load returns the named program's instance whose budget_id constant is id.
+func (s *Shaper) load(id uint32, budget, name string) (*ebpf.Program, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	k := progKey{id, hook}
+	k := progKey{id, name}
 	if p := s.progs[k]; p != nil {
 		return p, nil
 	}
 	spec := s.spec.Copy()
 	if err := spec.Variables["budget_id"].Set(id); err != nil {
-		return nil, fmt.Errorf("set budget id of %s program: %w", hook.prog(), err)
+		return nil, fmt.Errorf("set budget id of %s program: %w", name, err)
 	}
 	// Load only the one program (LoadAndAssign loads what it is asked for
 	// and the maps that program uses), against the pinned maps.
-	ps, ok := spec.Programs[hook.prog()]
+	ps, ok := spec.Programs[name]
 	if !ok {
-		return nil, fmt.Errorf("embedded BPF object has no program %s", hook.prog())
+		return nil, fmt.Errorf("embedded BPF object has no program %s", name)
 	}
-	for name := range spec.Programs {
-		if name != hook.prog() {
-			delete(spec.Programs, name)
+	for n := range spec.Programs {
+		if n != name {
+			delete(spec.Programs, n)
 		}
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
@@ -291,7 +396,7 @@ func (s *Shaper) program(id uint32, budget string, hook Hook) (*ebpf.Program, er
 	if err != nil {
 		return nil, fmt.Errorf("load %s program for budget %q: %w", ps.Name, budget, err)
 	}
-	prog := coll.DetachProgram(hook.prog())
+	prog := coll.DetachProgram(name)
 	coll.Close()
 	s.progs[k] = prog
 	return prog, nil
@@ -330,6 +435,20 @@ func ourFq(l netlink.Link) *netlink.Fq {
 
 func isOurFq(q netlink.Qdisc) bool { return q.Type() == "fq" && q.Attrs().Handle == fqHandle }
 
+// removeOurFq deletes our fq if it is the device's root qdisc.
+func removeOurFq(ns *nsRef, l netlink.Link, dev Device) error {
+	root, err := rootQdisc(ns, l, dev)
+	if err != nil {
+		return err
+	}
+	if root != nil && isOurFq(root) {
+		if err := ns.nl.QdiscDel(root); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("device %s: remove fq root qdisc: %w", dev, err)
+		}
+	}
+	return nil
+}
+
 func rootQdisc(ns *nsRef, l netlink.Link, dev Device) (netlink.Qdisc, error) {
 	qs, err := ns.nl.QdiscList(l)
 	if err != nil {
@@ -355,13 +474,13 @@ func (s *Shaper) linkPin(k devKey) string {
 
 // attachProg attaches (or swaps in) prog at the device's hook: TCX where the
 // kernel has it, clsact + cls_bpf otherwise. Only "not supported" falls back.
-func (s *Shaper) attachProg(ns *nsRef, l netlink.Link, k devKey, prog *ebpf.Program, dev Device) (Mode, bool, error) {
+func (s *Shaper) attachProg(ns *nsRef, l netlink.Link, k devKey, prog *ebpf.Program, name string, dev Device) (Mode, bool, error) {
 	pin := s.linkPin(k)
 	if old, err := link.LoadPinnedLink(pin, nil); err == nil {
 		defer old.Close()
 		if info, err := old.Info(); err == nil && info.TCX() != nil && info.TCX().Ifindex == k.Ifindex && ebpf.AttachType(info.TCX().AttachType) == k.Hook.tcx() {
 			if err := old.Update(prog); err != nil {
-				return 0, false, fmt.Errorf("device %s: swap %s program: %w", dev, k.Hook.prog(), err)
+				return 0, false, fmt.Errorf("device %s: swap in %s program: %w", dev, name, err)
 			}
 			return ModeTCX, false, nil
 		}
@@ -394,13 +513,13 @@ func (s *Shaper) attachProg(ns *nsRef, l netlink.Link, k devKey, prog *ebpf.Prog
 		return ModeTCX, false, nil
 	}
 	if !errors.Is(err, link.ErrNotSupported) {
-		return 0, false, fmt.Errorf("device %s: attach %s program with TCX: %w", dev, k.Hook.prog(), err)
+		return 0, false, fmt.Errorf("device %s: attach %s program with TCX: %w", dev, name, err)
 	}
-	created, err := attachLegacy(ns, l, prog, dev, k.Hook)
+	created, err := attachLegacy(ns, l, prog, name, dev, k.Hook)
 	return ModeLegacy, created, err
 }
 
-func attachLegacy(ns *nsRef, l netlink.Link, prog *ebpf.Program, dev Device, hook Hook) (bool, error) {
+func attachLegacy(ns *nsRef, l netlink.Link, prog *ebpf.Program, name string, dev Device, hook Hook) (bool, error) {
 	created := false
 	if err := ns.nl.QdiscAdd(clsact(l)); err == nil {
 		created = true
@@ -433,7 +552,7 @@ func attachLegacy(ns *nsRef, l netlink.Link, prog *ebpf.Program, dev Device, hoo
 			Priority:  legacyPrio,
 		},
 		Fd:           prog.FD(),
-		Name:         hook.prog(),
+		Name:         name,
 		DirectAction: true,
 	}
 	if err := ns.nl.FilterReplace(f); err != nil {
@@ -502,14 +621,8 @@ func (s *Shaper) DetachHook(dev Device, hook Hook) error {
 		return err
 	}
 	if hook == HookShape {
-		root, err := rootQdisc(ns, l, dev)
-		if err != nil {
+		if err := removeOurFq(ns, l, dev); err != nil {
 			return err
-		}
-		if root != nil && isOurFq(root) {
-			if err := ns.nl.QdiscDel(root); err != nil && !errors.Is(err, unix.ENOENT) {
-				return fmt.Errorf("device %s: remove fq root qdisc: %w", dev, err)
-			}
 		}
 	}
 	if err := s.devs.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {

@@ -34,6 +34,37 @@ func BenchmarkEDTPacket(b *testing.B) {
 	}
 }
 
+// BenchmarkCountPacket is the per-packet cost of a count-only attachment
+// (netshape_count: one per-CPU counter lookup and two adds), next to
+// BenchmarkEDTPacket's shaping cost; and BenchmarkLimitPacket that of the
+// no-fq policer (netshape_limit: the shaping budget's clock without flows).
+func BenchmarkCountPacket(b *testing.B) {
+	benchProg(b, Budget{Name: "bench", CountOnly: true}, countName)
+}
+
+func BenchmarkLimitPacket(b *testing.B) {
+	benchProg(b, Budget{Name: "bench", Rate: 10_000_000_000, Horizon: 20 * time.Second}, limitName)
+}
+
+func benchProg(b *testing.B, bd Budget, name string) {
+	s := openBenchShaper(b)
+	if err := s.UpsertBudget(bd); err != nil {
+		b.Fatal(err)
+	}
+	id, _, _ := s.lookupID(bd.Name)
+	prog, err := s.load(id, bd.Name, name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	frame := packet(0x0800, 0, 1)
+	b.ResetTimer()
+	_, per, err := prog.Benchmark(frame, b.N, func() {})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(per.Nanoseconds()), "kernel-ns/packet")
+}
+
 // BenchmarkRateChange is the control-plane cost of a live rate change.
 func BenchmarkRateChange(b *testing.B) {
 	s := openBenchShaper(b)

@@ -44,6 +44,18 @@ const (
 
 	// maxGSO is the largest packet a socket hands the stack (64 KiB).
 	maxGSO = 64 << 10
+
+	// budgetCountOnly and budgetNoFq are BUDGET_COUNT_ONLY and BUDGET_NOFQ
+	// in bpf/edt.c (budget_cfg.flags).
+	budgetCountOnly = 1
+	budgetNoFq      = 2
+
+	// NoFqTolerance is NOFQ_TOL_NS in bpf/edt.c: the no-fq policer
+	// (DatapathPolicing) lets a budget's traffic run this far ahead of its
+	// clock (or the horizon, if longer), so TCP keeps its rate across the
+	// ~200 ms it stalls after a drop; a budget with such a device lets its
+	// backstop allow this much more than PoliceTolerance.
+	NoFqTolerance = 300 * time.Millisecond
 )
 
 // Budget is one rate shared by every device attached to it.
@@ -64,6 +76,17 @@ type Budget struct {
 	// flows get their latency from express and the horizon bounds the bulk
 	// queue, so marking buys nothing measurable by default.
 	CEThreshold time.Duration
+	// CountOnly makes a budget that only counts (Stats.Bytes and Packets, in
+	// the same per-CPU counters) and enforces nothing: for apps that are
+	// monitored but not limited. Rate, Horizon and CEThreshold must be zero.
+	// Attach puts the netshape_count program on a device for it, at either
+	// hook and without any qdisc (DatapathCount). Upserting the same name
+	// with a Rate (or back with CountOnly) switches it live: devices attached
+	// for counting keep only counting until they are attached again (Attach
+	// then adds fq and swaps the program atomically), and shaping devices of
+	// a budget switched to CountOnly count and pass until re-attached (then
+	// their fq is removed). pkg/reconcile does both in one App run.
+	CountOnly bool
 }
 
 // Stats are a budget's counters since it was created, summed over CPUs.
@@ -104,6 +127,12 @@ func (b Budget) validate() error {
 	if b.Name == "" || len(b.Name) > maxNameLen || bytes.IndexByte([]byte(b.Name), 0) >= 0 {
 		return fmt.Errorf("%w: name %q must be 1..%d bytes without NUL", ErrBadBudget, b.Name, maxNameLen)
 	}
+	if b.CountOnly {
+		if b.Rate != 0 || b.Horizon != 0 || b.CEThreshold != 0 {
+			return fmt.Errorf("%w %q: a count-only budget has no rate, horizon or CE threshold", ErrBadBudget, b.Name)
+		}
+		return nil
+	}
 	if b.Rate < MinRate || b.Rate > MaxRate {
 		return fmt.Errorf("%w %q: rate %d bit/s is outside %d..%d", ErrBadBudget, b.Name, b.Rate, uint64(MinRate), uint64(MaxRate))
 	}
@@ -126,6 +155,9 @@ func (b Budget) PoliceTolerance() time.Duration {
 }
 
 func (b Budget) cfg() edtBudgetCfg {
+	if b.CountOnly {
+		return edtBudgetCfg{Flags: budgetCountOnly}
+	}
 	h := b.Horizon
 	if h == 0 {
 		h = DefaultHorizon(b.Rate)
@@ -178,6 +210,14 @@ func (s *Shaper) UpsertBudget(b Budget) error {
 		return fmt.Errorf("create policer counters of budget %q: %w", b.Name, err)
 	}
 	cfg := b.cfg()
+	// Once a device polices the budget without fq, its backstop stays
+	// lenient for the budget's life (bpf/edt.c BUDGET_NOFQ): keep the flag.
+	var old edtBudgetCfg
+	if err := s.maps.NetshapeCfg.Lookup(id, &old); err == nil {
+		cfg.Flags |= old.Flags & budgetNoFq
+	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("read config of budget %q: %w", b.Name, err)
+	}
 	// The policer's config before the rate: a decrease must come with its
 	// credit already in place when the first packet sees the lower rate.
 	pcfg, err := s.policeCfg(id, b)
@@ -203,6 +243,9 @@ func (s *Shaper) UpsertBudget(b Budget) error {
 // 100 to 1 Mbit/s would drop them as bypassed; the most it lets through
 // beyond the new rate is the credit, once.
 func (s *Shaper) policeCfg(id uint32, b Budget) (edtPoliceCfg, error) {
+	if b.CountOnly {
+		return edtPoliceCfg{}, nil // the policer passes a budget without a rate
+	}
 	newTol := b.PoliceTolerance()
 	pc := edtPoliceCfg{TolNs: uint64(newTol)}
 	var old edtBudgetCfg
@@ -210,6 +253,9 @@ func (s *Shaper) policeCfg(id uint32, b Budget) (edtPoliceCfg, error) {
 		return pc, nil
 	} else if err != nil {
 		return pc, fmt.Errorf("read config of budget %q: %w", b.Name, err)
+	}
+	if old.RateBps == 0 {
+		return pc, nil // count-only until now: nothing was paced, nothing is in flight ahead
 	}
 	var prev edtPoliceCfg
 	if err := s.maps.NetshapePcfg.Lookup(id, &prev); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -268,9 +314,8 @@ func (s *Shaper) RemoveBudget(name string) error {
 		return fmt.Errorf("remove budget %q: %w", name, err)
 	}
 	s.mu.Lock()
-	for _, h := range hooks {
-		k := progKey{id, h}
-		if p := s.progs[k]; p != nil {
+	for k, p := range s.progs {
+		if k.id == id {
 			p.Close()
 			delete(s.progs, k)
 		}
@@ -343,8 +388,9 @@ func (s *Shaper) status(id uint32, name string) (BudgetStatus, error) {
 		Rate:        cfg.RateBps,
 		Horizon:     time.Duration(cfg.HorizonNs),
 		CEThreshold: time.Duration(cfg.CeNs),
+		CountOnly:   cfg.Flags&budgetCountOnly != 0,
 	}}
-	if cfg.CeNs == 0 {
+	if cfg.CeNs == 0 && !st.CountOnly {
 		st.CEThreshold = -1
 	}
 	var state edtBudgetState

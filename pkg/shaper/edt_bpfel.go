@@ -20,7 +20,7 @@ type edtBudgetCfg struct {
 	CeNs         uint64
 	ExpressNs    uint64
 	ExpressBytes uint32
-	Pad          uint32
+	Flags        uint32
 }
 
 type edtBudgetState struct {
@@ -88,7 +88,9 @@ const (
 	edtMapNetshapePstats  = "netshape_pstats"
 	edtMapNetshapeState   = "netshape_state"
 	edtMapNetshapeStats   = "netshape_stats"
+	edtProgNetshapeCount  = "netshape_count"
 	edtProgNetshapeEdt    = "netshape_edt"
+	edtProgNetshapeLimit  = "netshape_limit"
 	edtProgNetshapePolice = "netshape_police"
 	edtVarBudgetId        = "budget_id"
 )
@@ -135,7 +137,9 @@ type edtSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type edtProgramSpecs struct {
+	NetshapeCount  *ebpf.ProgramSpec `ebpf:"netshape_count"`
 	NetshapeEdt    *ebpf.ProgramSpec `ebpf:"netshape_edt"`
+	NetshapeLimit  *ebpf.ProgramSpec `ebpf:"netshape_limit"`
 	NetshapePolice *ebpf.ProgramSpec `ebpf:"netshape_police"`
 }
 
@@ -211,13 +215,17 @@ type edtVariables struct {
 //
 // It can be passed to loadEdtObjects or ebpf.CollectionSpec.LoadAndAssign.
 type edtPrograms struct {
+	NetshapeCount  *ebpf.Program `ebpf:"netshape_count"`
 	NetshapeEdt    *ebpf.Program `ebpf:"netshape_edt"`
+	NetshapeLimit  *ebpf.Program `ebpf:"netshape_limit"`
 	NetshapePolice *ebpf.Program `ebpf:"netshape_police"`
 }
 
 func (p *edtPrograms) Close() error {
 	return _EdtClose(
+		p.NetshapeCount,
 		p.NetshapeEdt,
+		p.NetshapeLimit,
 		p.NetshapePolice,
 	)
 }

@@ -8,7 +8,7 @@ import (
 )
 
 // Preload loads a budget's programs now (the EDT shaper and the backstop
-// policer), so a later Attach by this Shaper does not wait for the verifier
+// policer, or the count program of a count-only budget), so a later Attach by this Shaper does not wait for the verifier
 // (hundreds of milliseconds per program under emulation). A long-running
 // process calls it after budgets change; a Shaper keeps its programs until Close.
 func (s *Shaper) Preload(budget string) error {
@@ -19,8 +19,16 @@ func (s *Shaper) Preload(budget string) error {
 	if !found {
 		return fmt.Errorf("preload budget %q: %w", budget, ErrNoBudget)
 	}
-	for _, h := range hooks {
-		if _, err := s.program(id, budget, h); err != nil {
+	var cfg edtBudgetCfg
+	if err := s.maps.NetshapeCfg.Lookup(id, &cfg); err != nil {
+		return fmt.Errorf("preload budget %q: read its config: %w", budget, err)
+	}
+	names := []string{progName, policeName}
+	if cfg.Flags&budgetCountOnly != 0 {
+		names = []string{countName}
+	}
+	for _, n := range names {
+		if _, err := s.load(id, budget, n); err != nil {
 			return err
 		}
 	}

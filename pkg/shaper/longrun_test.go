@@ -48,7 +48,7 @@ func TestRootPreloadLoadsTheBudgetsProgram(t *testing.T) {
 	id, _, _ := s.lookupID("app/_default_/egress")
 	for _, h := range hooks {
 		s.mu.Lock()
-		p := s.progs[progKey{id, h}]
+		p := s.progs[progKey{id, h.prog()}]
 		s.mu.Unlock()
 		if p == nil {
 			t.Fatalf("no %s program cached after Preload", h.prog())

@@ -34,7 +34,9 @@ type devVal struct {
 	Budget uint32
 	Mode   uint8
 	Flags  uint8
-	_      [2]byte
+	// Datapath was padding: records written before it read back as DatapathEDT, which they are.
+	Datapath uint8
+	_        byte
 	// Netns is the path the caller named ("" for the caller's own namespace).
 	Netns [netnsPathLen]byte
 	Name  [ifnameLen]byte
@@ -89,6 +91,7 @@ func (s *Shaper) Attachments() ([]Attachment, error) {
 			BudgetID: v.Budget,
 			Mode:     Mode(v.Mode),
 			Hook:     k.Hook,
+			Datapath: Datapath(v.Datapath),
 			NetnsIno: k.NetnsIno,
 			Ifindex:  int(k.Ifindex),
 		})

@@ -58,7 +58,7 @@ type Shaper struct {
 
 type progKey struct {
 	id   uint32
-	hook Hook
+	prog string // netshape_edt, netshape_limit, netshape_count or netshape_police
 }
 
 // Open mounts bpffs if needed and loads (or re-opens) the pinned maps.

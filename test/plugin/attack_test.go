@@ -348,6 +348,10 @@ func TestRootAttacksThroughTheGrant(t *testing.T) {
 			{"apply", "--generate-bash-completion"},
 			{"remove", "myapp", "--force"},
 			{"report", "myapp", "--netshape-bogus"},
+			{"report", "myapp", "--sample-window", "1h"}, // a root process held open
+			{"top", "--interval", "1ms", "--count", "1"},
+			{"top", "--interval", "1s", "--count", "1", "--help"},
+			{"top", "--interval", "1s", "--count", "99999999"},
 		} {
 			r := e.sudo(t, nil, args...)
 			if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "only `apply APP|--all [--force]`") {
@@ -356,6 +360,32 @@ func TestRootAttacksThroughTheGrant(t *testing.T) {
 		}
 		if r := e.sudo(t, nil, "apply", "myapp", "--force"); r.code != 0 {
 			t.Errorf("apply --force (granted: the app's own veths): %s", r)
+		}
+		// Bare `top` is not even in the sudoers grant (only "top *"): sudo refuses.
+		if r := e.sudo(t, nil, "top"); r.code == 0 || r.stdout != "" {
+			t.Errorf("sudo top: %s\nwant a refusal", r)
+		}
+	})
+
+	// top through the grant (issue 9): read-only, bounded, plain lines when
+	// stdout is no terminal, and nothing taken from a hostile environment.
+	t.Run("top", func(t *testing.T) {
+		pins := filepath.Join(e.base, "evil-top-pins")
+		hostile := []string{"NETSHAPE_PIN_DIR=" + pins, "TERM=xterm-256color", "LD_PRELOAD=" + filepath.Join(e.base, "evil.so")}
+		for _, c := range []struct {
+			what string
+			r    result
+		}{
+			{"sudo top", e.sudo(t, hostile, "top", "--interval", "100ms", "--count", "2")},
+			{"netshape:top", e.run(t, true, hostile, filepath.Join(e.enabled, "subcommands", "top"), "netshape:top", "--interval", "100ms", "--count", "2")},
+		} {
+			out := c.r.stdout
+			if c.r.code != 0 || strings.Count(out, "netshape top:") != 2 || !strings.Contains(out, "myapp") || strings.Contains(out, "\x1b") {
+				t.Errorf("%s: %s\nwant two plain blocks naming myapp, no escape codes", c.what, c.r)
+			}
+			if _, err := os.Lstat(pins); err == nil {
+				t.Errorf("%s: the root side used the caller's NETSHAPE_PIN_DIR", c.what)
+			}
 		}
 	})
 

@@ -41,7 +41,7 @@ import (
 // The plugin's entry points as committed at the repo root.
 var (
 	wantTriggers    = []string{"post-app-clone-setup", "post-app-rename-setup", "post-delete", "post-deploy", "report", "uninstall"}
-	wantSubcommands = []string{"apply", "clear", "help", "report", "set"}
+	wantSubcommands = []string{"apply", "clear", "help", "report", "set", "top"}
 )
 
 var (
@@ -645,7 +645,7 @@ func TestRootPluginInstallFromGitClone(t *testing.T) {
 	}
 	// The update trigger (plugin:update) rebuilds and re-installs.
 	r = e.mustRun(t, false, filepath.Join(e.enabled, "update"))
-	if !strings.Contains(r.stdout, "building bin/dokku-netshape") || !strings.Contains(r.stdout, "may run apply, remove, report as root") {
+	if !strings.Contains(r.stdout, "building bin/dokku-netshape") || !strings.Contains(r.stdout, "may run apply, remove, report, top as root") {
 		t.Errorf("update trigger:\n%s", r)
 	}
 	e.mustRun(t, false, filepath.Join(e.enabled, "uninstall"), "netshape")

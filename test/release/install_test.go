@@ -360,7 +360,7 @@ func TestRootInstallTriggerDownloadsPinnedRelease(t *testing.T) {
 				t.Errorf("%d requests to the release server, want 1", n)
 			}
 			// The binary ran its install step: the grant names the root-owned copy.
-			if !strings.Contains(r.stdout, "may run apply, remove, report as root") {
+			if !strings.Contains(r.stdout, "may run apply, remove, report, top as root") {
 				t.Errorf("the binary's install step did not run:\n%s", r)
 			}
 			got, err := h.installed(t)
@@ -507,7 +507,7 @@ func TestRootInstallTriggerFallsBackToGo(t *testing.T) {
 			t.Errorf("%s exists (%v)", p, err)
 		}
 	}
-	if !strings.Contains(r.stdout, "may run apply, remove, report as root") {
+	if !strings.Contains(r.stdout, "may run apply, remove, report, top as root") {
 		t.Errorf("the built binary's install step did not run:\n%s", r)
 	}
 }
