@@ -28,21 +28,26 @@ test-deps:
 
 test-host:
 	$(GO) vet ./...
+	@# The comparison's guest harness builds only with its own tag (make bench-compare): keep it compiling.
+	$(GO) vet -tags vmbench ./test/benchcompare/...
 	$(GO) test $(TEST_FLAGS) ./...
 
 # Benchmarks with targets (test/bench); results in BENCH.md. Needs root (BPF). Host benchmarks, then
 # one VM guest (vm-bench, test/vm/vm.mk) with dockerd and a running watcher: container start → shaped and
 # resource property write → in force (TestVMBench* in test/e2e), and the soak at 1,000 events (test/faults).
-# A failed or missing VM run still writes BENCH.md, then fails.
+# A failed or missing VM run still writes BENCH.md, then fails. Then the peer comparison (bench-compare,
+# test/vm/vm.mk): BENCHMARKS.md, BENCHMARKS.json and docs/bench/*.png; BENCH_COMPARE_SET=ci for the small matrix.
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/... > bench.out || (cat bench.out; exit 1)
 	$(MAKE) vm-bench || echo "bench: a VM benchmark failed; see $(VM_BENCH_OUT)/console-*.log"
+	$(MAKE) bench-compare || echo "bench: the peer comparison failed a check or a run; see BENCHMARKS.md and $(BENCH_COMPARE_OUT)/*/console-*.log"
 	$(GO) run ./test/bench -out BENCH.md -vm $(VM_BENCH_OUT)/summary.json < bench.out
 	@rm -f bench.out
 
 lint:
 	gofmt -l . | grep -v '_bpfel.go' | (! grep .)
 	$(GO) vet ./...
+	$(GO) vet -tags vmbench ./test/benchcompare/...
 
 # A release tarball with the binary, for Dokku servers without Go.
 plugin-tarball:

@@ -101,3 +101,43 @@ vm-shell: vm-kernels vm-tools
 
 vm-clean:
 	rm -rf $(VM_OUT)
+
+# The peer comparison (test/benchcompare, BENCHMARKS.md): one guest per kernel, one container whose
+# two devices get each scheme in turn (dokku-netshape through its CLI, TBF as the CNI plugin gets it at
+# runtime and with a sane burst, docker-tc's netem+tbf, HTB, Cilium-style EDT+fq, nothing), every cell
+# measured at the receiver. BENCH_COMPARE_SET=full (default: 2 rates × 2 directions × 1/4/16 flows,
+# 5 s cells, ~10 min per kernel under TCG) or ci (20 Mbit/s, 1 and 16 flows, 4 s cells, ~3 min);
+# BENCH_COMPARE_CELL=6s changes the cell length. Each kernel is its own VM run (bench-compare-vm, run
+# it per kernel to keep each under 15 minutes), then bench-compare-report writes BENCHMARKS.md, the
+# plots (docs/bench/) and BENCHMARKS.json from each kernel's summary.json (a kernel without one is
+# named, left out, and fails the target).
+BENCH_COMPARE_SET      ?= full
+BENCH_COMPARE_CELL     ?=
+BENCH_COMPARE_KERNELS  ?= 6.12 6.1
+BENCH_COMPARE_OUT      ?= test/vm/out-compare
+BENCH_COMPARE_MINUTES  ?= 14
+BENCH_COMPARE_TIMEOUT  ?= 20m
+
+.PHONY: bench-compare bench-compare-vm bench-compare-report
+
+# The report is written whatever the VM runs did (it says which kernel's checks failed); the target
+# then fails if any did.
+bench-compare:
+	@rc=0; $(MAKE) bench-compare-vm || rc=$$?; $(MAKE) bench-compare-report || rc=1; exit $$rc
+
+bench-compare-vm: vm-kernels vm-tools
+	go test -c -tags vmbench -o $(VM_OUT)/bin/benchcompare.test ./test/benchcompare/guest
+	@fail=0; for k in $(BENCH_COMPARE_KERNELS); do \
+		rm -f $(BENCH_COMPARE_OUT)/$$k/summary.json; \
+		$(VM_OUT)/vmrun -init $(VM_OUT)/init -out $(BENCH_COMPARE_OUT)/$$k -kernels $$k -timeout $(BENCH_COMPARE_TIMEOUT) \
+			-env NETSHAPE_LOADGEN=$(VM_ABS_OUT)/loadgen -env NETSHAPE_BIN=$(VM_ABS_OUT)/dokku-netshape \
+			-env NETSHAPE_COMPARE_SET=$(BENCH_COMPARE_SET) -env NETSHAPE_COMPARE_CELL=$(BENCH_COMPARE_CELL) \
+			-env NETSHAPE_COMPARE_MINUTES=$(BENCH_COMPARE_MINUTES) $(VM_FLAGS) \
+			-cmd 'cd ./test/benchcompare/guest && $(VM_ABS_OUT)/bin/benchcompare.test -test.v -test.count=1 -test.timeout $(BENCH_COMPARE_TIMEOUT) -test.run TestVMBenchCompare' \
+			|| fail=1; \
+	done; exit $$fail
+
+bench-compare-report:
+	go run ./test/benchcompare -md BENCHMARKS.md -json BENCHMARKS.json -plots docs/bench \
+		-command "make bench-compare BENCH_COMPARE_SET=$(BENCH_COMPARE_SET)$(if $(BENCH_COMPARE_CELL), BENCH_COMPARE_CELL=$(BENCH_COMPARE_CELL))" \
+		$(foreach k,$(BENCH_COMPARE_KERNELS),$(BENCH_COMPARE_OUT)/$(k)/summary.json)

@@ -277,6 +277,8 @@ type RROptions struct {
 	Interval time.Duration // pause between requests
 	Timeout  time.Duration // per request, default 5s
 	Dial     DialFunc
+	// KeepSamples returns every round trip in Latency.Samples (for a CDF).
+	KeepSamples bool
 }
 
 // Latency summarises round-trip times.
@@ -286,6 +288,8 @@ type Latency struct {
 	P90Ms float64 `json:"p90_ms"`
 	P99Ms float64 `json:"p99_ms"`
 	MaxMs float64 `json:"max_ms"`
+	// Samples are the round trips in ms, in order, when RROptions.KeepSamples is set.
+	Samples []float64 `json:"samples_ms,omitempty"`
 }
 
 // RR sends Count requests of Size bytes over one connection to an Echo server, one at a time, and
@@ -316,6 +320,15 @@ func RR(ctx context.Context, o RROptions) (Latency, error) {
 	req := make([]byte, o.Size)
 	resp := make([]byte, o.Size)
 	rtts := make([]time.Duration, 0, o.Count)
+	summarize := func(rtts []time.Duration) Latency {
+		l := summarize(rtts)
+		if o.KeepSamples {
+			for _, d := range rtts {
+				l.Samples = append(l.Samples, float64(d.Microseconds())/1000)
+			}
+		}
+		return l
+	}
 	for i := 0; i < o.Count; i++ {
 		if i > 0 && o.Interval > 0 {
 			if err := sleep(ctx, o.Interval); err != nil {

@@ -3,6 +3,7 @@ package traffic
 import (
 	"context"
 	"net"
+	"slices"
 	"testing"
 	"time"
 )
@@ -94,6 +95,16 @@ func TestRRAgainstEcho(t *testing.T) {
 	}
 	if l.MaxMs > 1000 {
 		t.Errorf("loopback max RTT %.1f ms", l.MaxMs)
+	}
+	if l.Samples != nil {
+		t.Errorf("samples kept without KeepSamples: %d", len(l.Samples))
+	}
+	k, err := RR(context.Background(), RROptions{Addr: echo.Addr().String(), Count: 20, KeepSamples: true})
+	if err != nil {
+		t.Fatalf("rr: %v", err)
+	}
+	if len(k.Samples) != 20 || slices.Max(k.Samples) != k.MaxMs {
+		t.Errorf("KeepSamples: %d samples, max %v, want 20 with max %.3f", len(k.Samples), k.Samples, k.MaxMs)
 	}
 }
 
