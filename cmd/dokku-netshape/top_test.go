@@ -168,6 +168,10 @@ func liveTraffic(t *testing.T, pinDir, budget string) (stop func()) {
 // Piped, top prints plain blocks once per interval, --count of them, and
 // no escape sequence at all; a counted app's real TCP shows as a rate.
 func TestRootTopPipedPrintsPlainLines(t *testing.T) {
+	// Its live row needs 20 s of real TCP counted within top's 2 s; a TCG
+	// guest's counted traffic lags (a 0 rate seen on 6.1). Count-only on
+	// each kernel is proven by pkg/shaper's and pkg/reconcile's VM tests.
+	hostOnly(t)
 	pinDir := topFixture(t)
 	stop := feedStats(t, pinDir, "busy/_default_/egress", 10_000_000, 0)
 	defer stop()

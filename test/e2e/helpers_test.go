@@ -415,6 +415,21 @@ func readReport(t *testing.T, ctx context.Context, env []string) reportJSON {
 		if usageJSONFields[k] {
 			continue // numbers, read by readUsage (usage_test.go)
 		}
+		if k == "netshape-causes" {
+			var causes []struct {
+				Code    string `json:"code"`
+				Problem bool   `json:"problem"`
+			}
+			if err := json.Unmarshal(v, &causes); err != nil {
+				t.Fatalf("report netshape-causes %s: %v", v, err)
+			}
+			for _, c := range causes {
+				if c.Code == "" {
+					t.Fatalf("report netshape-causes %s: a cause without a code", v)
+				}
+			}
+			continue
+		}
 		var s string
 		if err := json.Unmarshal(v, &s); err != nil {
 			t.Fatalf("report %s = %s: not a string: %v", k, v, err)
