@@ -14,22 +14,7 @@ func BenchmarkEDTPacket(b *testing.B) {
 		wireLen uint32
 	}{{"bulk-9000B", 9000}, {"sparse-100B", 100}} {
 		b.Run(tc.name, func(b *testing.B) {
-			s := openBenchShaper(b)
-			if err := s.UpsertBudget(Budget{Name: "bench", Rate: 10_000_000_000, Horizon: 20 * time.Second}); err != nil {
-				b.Fatal(err)
-			}
-			id, _, _ := s.lookupID("bench")
-			prog, err := s.program(id, "bench", HookShape)
-			if err != nil {
-				b.Fatal(err)
-			}
-			frame := packet(0x0800, 0, 1)
-			b.ResetTimer()
-			_, per, err := prog.Benchmark(frame, b.N, func() {})
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.ReportMetric(float64(per.Nanoseconds()), "kernel-ns/packet")
+			benchProg(b, Budget{Name: "bench", Rate: 10_000_000_000, Horizon: 20 * time.Second}, progName)
 		})
 	}
 }
@@ -46,6 +31,7 @@ func BenchmarkLimitPacket(b *testing.B) {
 	benchProg(b, Budget{Name: "bench", Rate: 10_000_000_000, Horizon: 20 * time.Second}, limitName)
 }
 
+// benchProg measures program name of budget bd per packet, in the kernel.
 func benchProg(b *testing.B, bd Budget, name string) {
 	s := openBenchShaper(b)
 	if err := s.UpsertBudget(bd); err != nil {
