@@ -237,11 +237,12 @@ func (s *Shaper) Attach(dev Device, budget string, opts AttachOptions) (Attachme
 	if !found {
 		return Attachment{}, fmt.Errorf("attach %s to budget %q: %w", dev, budget, ErrNoBudget)
 	}
-	var cfg edtBudgetCfg
-	if err := s.maps.NetshapeCfg.Lookup(id, &cfg); errors.Is(err, ebpf.ErrKeyNotExist) {
+	cfg, configured, err := s.budgetCfg(id)
+	if err != nil {
+		return Attachment{}, fmt.Errorf("attach %s to budget %q: %w", dev, budget, err)
+	}
+	if !configured {
 		return Attachment{}, fmt.Errorf("attach %s to budget %q: %w (never configured)", dev, budget, ErrNoBudget)
-	} else if err != nil {
-		return Attachment{}, fmt.Errorf("attach %s: read config of budget %q: %w", dev, budget, err)
 	}
 	dp := datapath(cfg, hook, opts.NoFq)
 	// The registry stores both; a truncated path would later look like a

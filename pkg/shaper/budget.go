@@ -13,7 +13,7 @@ import (
 
 const (
 	maxNameLen = 127
-	maxBudgets = 4096 // max_entries of the budget maps in bpf/edt.c
+	maxBudgets = 4096 // MAX_BUDGETS in bpf/edt.c: slots 1..4096 of its arrays
 
 	// MaxRate is the largest rate a budget accepts (1 Tbit/s): beyond it the
 	// per-packet cost rounds to zero nanoseconds and nothing would be enforced.
@@ -189,35 +189,24 @@ func (s *Shaper) UpsertBudget(b Budget) error {
 		if id, err = s.allocateID(b.Name); err != nil {
 			return err
 		}
-	}
-	// State and counters before config, and on every upsert: the datapath
-	// enforces a budget only once all three exist, and a run that died
-	// between allocating the name and writing the config is repaired here.
-	if err := s.maps.NetshapeState.Update(id, edtBudgetState{}, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
-		return fmt.Errorf("create state of budget %q: %w", b.Name, err)
-	}
-	ncpu, err := ebpf.PossibleCPU()
-	if err != nil {
-		return fmt.Errorf("count CPUs for the counters of budget %q: %w", b.Name, err)
-	}
-	if err := s.maps.NetshapeStats.Update(id, make([]edtBudgetStats, ncpu), ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
-		return fmt.Errorf("create counters of budget %q: %w", b.Name, err)
-	}
-	if err := s.maps.NetshapePstate.Update(id, edtPoliceState{}, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
-		return fmt.Errorf("create policer state of budget %q: %w", b.Name, err)
-	}
-	if err := s.maps.NetshapePstats.Update(id, make([]edtPoliceStats, ncpu), ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
-		return fmt.Errorf("create policer counters of budget %q: %w", b.Name, err)
+		// A new budget starts from a clean slot, whatever an interrupted
+		// run left in it; its config stays all zero (the datapath passes)
+		// until it is written below.
+		if err := s.maps.NetshapeCfg.Update(id, edtBudgetCfg{}, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("budget %q: clear its slot's config: %w", b.Name, err)
+		}
+		if err := s.resetSlot(id); err != nil {
+			return fmt.Errorf("budget %q: %w", b.Name, err)
+		}
 	}
 	cfg := b.cfg()
 	// Once a device polices the budget without fq, its backstop stays
 	// lenient for the budget's life (bpf/edt.c BUDGET_NOFQ): keep the flag.
-	var old edtBudgetCfg
-	if err := s.maps.NetshapeCfg.Lookup(id, &old); err == nil {
-		cfg.Flags |= old.Flags & budgetNoFq
-	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("read config of budget %q: %w", b.Name, err)
+	old, _, err := s.budgetCfg(id)
+	if err != nil {
+		return fmt.Errorf("budget %q: %w", b.Name, err)
 	}
+	cfg.Flags |= old.Flags & budgetNoFq
 	// The policer's config before the rate: a decrease must come with its
 	// credit already in place when the first packet sees the lower rate.
 	pcfg, err := s.policeCfg(id, b)
@@ -248,17 +237,15 @@ func (s *Shaper) policeCfg(id uint32, b Budget) (edtPoliceCfg, error) {
 	}
 	newTol := b.PoliceTolerance()
 	pc := edtPoliceCfg{TolNs: uint64(newTol)}
-	var old edtBudgetCfg
-	if err := s.maps.NetshapeCfg.Lookup(id, &old); errors.Is(err, ebpf.ErrKeyNotExist) {
-		return pc, nil
-	} else if err != nil {
-		return pc, fmt.Errorf("read config of budget %q: %w", b.Name, err)
+	old, found, err := s.budgetCfg(id)
+	if err != nil {
+		return pc, fmt.Errorf("budget %q: %w", b.Name, err)
 	}
-	if old.RateBps == 0 {
+	if !found || old.RateBps == 0 {
 		return pc, nil // count-only until now: nothing was paced, nothing is in flight ahead
 	}
 	var prev edtPoliceCfg
-	if err := s.maps.NetshapePcfg.Lookup(id, &prev); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := s.maps.NetshapePcfg.Lookup(id, &prev); err != nil {
 		return pc, fmt.Errorf("read policer config of budget %q: %w", b.Name, err)
 	}
 	pc.CreditBytes, pc.CreditUntil, pc.CreditSeq = prev.CreditBytes, prev.CreditUntil, prev.CreditSeq
@@ -303,15 +290,17 @@ func (s *Shaper) RemoveBudget(name string) error {
 			}
 		}
 	}
-	// Config first: from here on the datapath passes packets unshaped.
-	for _, m := range []*ebpf.Map{s.maps.NetshapeCfg, s.maps.NetshapePcfg, s.maps.NetshapeState, s.maps.NetshapeStats,
-		s.maps.NetshapePstate, s.maps.NetshapePstats, s.names} {
-		if err := m.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("remove budget %q from %s: %w", name, m, err)
-		}
+	// Config first: from here on the datapath passes packets unshaped and
+	// uncounted. Then the rest of the slot, and only then is it free: a
+	// slot is never handed out before it is clean.
+	if err := s.maps.NetshapeCfg.Update(id, edtBudgetCfg{}, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("remove budget %q: clear its config: %w", name, err)
 	}
-	if err := s.forgetFlows(id); err != nil {
+	if err := s.resetSlot(id); err != nil {
 		return fmt.Errorf("remove budget %q: %w", name, err)
+	}
+	if err := s.names.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("remove budget %q: free its slot: %w", name, err)
 	}
 	s.mu.Lock()
 	for k, p := range s.progs {
@@ -322,6 +311,41 @@ func (s *Shaper) RemoveBudget(name string) error {
 	}
 	s.mu.Unlock()
 	return nil
+}
+
+// resetSlot zeroes what the datapath keeps in a budget slot besides its
+// config (the budget maps are arrays: an entry is never absent, only zero):
+// the clocks, the counters, the policer's config and the slot's flows.
+func (s *Shaper) resetSlot(id uint32) error {
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return fmt.Errorf("count CPUs: %w", err)
+	}
+	for _, m := range []struct {
+		m    *ebpf.Map
+		zero any
+	}{
+		{s.maps.NetshapePcfg, edtPoliceCfg{}},
+		{s.maps.NetshapeState, edtBudgetState{}},
+		{s.maps.NetshapeStats, make([]edtBudgetStats, ncpu)},
+		{s.maps.NetshapePstate, edtPoliceState{}},
+		{s.maps.NetshapePstats, make([]edtPoliceStats, ncpu)},
+	} {
+		if err := m.m.Update(id, m.zero, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("reset slot %d of %s: %w", id, m.m, err)
+		}
+	}
+	return s.forgetFlows(id)
+}
+
+// budgetCfg reads a slot's config; found is false for a slot without a
+// budget (all zero: no rate and no flags).
+func (s *Shaper) budgetCfg(id uint32) (edtBudgetCfg, bool, error) {
+	var cfg edtBudgetCfg
+	if err := s.maps.NetshapeCfg.Lookup(id, &cfg); err != nil {
+		return cfg, false, fmt.Errorf("read config of slot %d: %w", id, err)
+	}
+	return cfg, cfg.RateBps != 0 || cfg.Flags != 0, nil
 }
 
 func (s *Shaper) forgetFlows(id uint32) error {
@@ -379,9 +403,12 @@ func (s *Shaper) Budgets() ([]BudgetStatus, error) {
 }
 
 func (s *Shaper) status(id uint32, name string) (BudgetStatus, error) {
-	var cfg edtBudgetCfg
-	if err := s.maps.NetshapeCfg.Lookup(id, &cfg); err != nil {
-		return BudgetStatus{}, fmt.Errorf("read config of budget %q: %w", name, err)
+	cfg, found, err := s.budgetCfg(id)
+	if err != nil {
+		return BudgetStatus{}, fmt.Errorf("budget %q: %w", name, err)
+	}
+	if !found {
+		return BudgetStatus{}, fmt.Errorf("read config of budget %q: %w", name, ebpf.ErrKeyNotExist)
 	}
 	st := BudgetStatus{ID: id, Budget: Budget{
 		Name:        name,
@@ -411,10 +438,8 @@ func (s *Shaper) status(id uint32, name string) (BudgetStatus, error) {
 		st.Stats.Marked += c.Marked
 		st.Stats.Express += c.Express
 	}
-	// A budget made before the policer existed has no policer counters
-	// until its next upsert: zero, not an error.
 	var police []edtPoliceStats
-	if err := s.maps.NetshapePstats.Lookup(id, &police); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := s.maps.NetshapePstats.Lookup(id, &police); err != nil {
 		return BudgetStatus{}, fmt.Errorf("read policer counters of budget %q: %w", name, err)
 	}
 	for _, c := range police {
@@ -453,17 +478,21 @@ func (s *Shaper) allNames() (map[uint32]string, error) {
 	return out, nil
 }
 
-// allocateID picks a stable id for a new name: its FNV-1a hash, probing on
-// collision. Id 0 is never used so a zero budget_id can't match anything.
+// allocateID gives a new name a free slot (1..maxBudgets, the index of its
+// entries in the budget arrays): the one its FNV-1a hash points at, or the
+// next free one after it. Starting from the hash rather than the lowest free
+// slot keeps a name's slot stable across remove and re-create, and makes it
+// unlikely that a just-freed slot goes to another budget at once. Claiming
+// the name entry with UpdateNoExist is what makes a slot ours, so two
+// processes can never both take one.
 func (s *Shaper) allocateID(name string) (uint32, error) {
 	h := fnv.New32a()
 	h.Write([]byte(name))
 	var raw [maxNameLen + 1]byte
 	copy(raw[:], name)
-	for i, id := 0, h.Sum32(); i < maxBudgets; i, id = i+1, id+1 {
-		if id == 0 {
-			continue
-		}
+	start := h.Sum32() % maxBudgets
+	for i := uint32(0); i < maxBudgets; i++ {
+		id := 1 + (start+i)%maxBudgets
 		err := s.names.Update(id, raw, ebpf.UpdateNoExist)
 		if err == nil {
 			return id, nil

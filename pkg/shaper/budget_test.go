@@ -29,7 +29,13 @@ func TestRootBudgetSlotsFull(t *testing.T) {
 	}
 	var k uint32
 	var cfg edtBudgetCfg
-	if it := s.maps.NetshapeCfg.Iterate(); it.Next(&k, &cfg) {
-		t.Errorf("refused budget left config under id %d", k)
+	it := s.maps.NetshapeCfg.Iterate()
+	for it.Next(&k, &cfg) {
+		if cfg != (edtBudgetCfg{}) {
+			t.Errorf("refused budget left config in slot %d: %+v", k, cfg)
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
 	}
 }

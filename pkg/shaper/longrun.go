@@ -19,9 +19,9 @@ func (s *Shaper) Preload(budget string) error {
 	if !found {
 		return fmt.Errorf("preload budget %q: %w", budget, ErrNoBudget)
 	}
-	var cfg edtBudgetCfg
-	if err := s.maps.NetshapeCfg.Lookup(id, &cfg); err != nil {
-		return fmt.Errorf("preload budget %q: read its config: %w", budget, err)
+	cfg, _, err := s.budgetCfg(id)
+	if err != nil {
+		return fmt.Errorf("preload budget %q: %w", budget, err)
 	}
 	names := []string{progName, policeName}
 	if cfg.Flags&budgetCountOnly != 0 {

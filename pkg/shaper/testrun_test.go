@@ -497,10 +497,32 @@ func TestRootBudgetRemoveLeavesNothing(t *testing.T) {
 	if err := s.RemoveBudget("temp"); err != nil {
 		t.Fatal(err)
 	}
-	for name, m := range map[string]*ebpf.Map{"cfg": s.maps.NetshapeCfg, "state": s.maps.NetshapeState, "stats": s.maps.NetshapeStats, "names": s.names} {
+	if err := s.names.Lookup(b.id, make([]byte, maxNameLen+1)); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("slot %d still named: %v", b.id, err)
+	}
+	// The budget maps are arrays: a freed slot is all zero, so whatever
+	// budget takes it next starts clean.
+	for name, m := range map[string]*ebpf.Map{"cfg": s.maps.NetshapeCfg, "state": s.maps.NetshapeState,
+		"pcfg": s.maps.NetshapePcfg, "pstate": s.maps.NetshapePstate} {
 		var v []byte
-		if err := m.Lookup(b.id, &v); !errors.Is(err, ebpf.ErrKeyNotExist) {
-			t.Errorf("%s still has budget %d: %v", name, b.id, err)
+		if err := m.Lookup(b.id, &v); err != nil {
+			t.Fatalf("read slot %d of %s: %v", b.id, name, err)
+		}
+		if len(v) == 0 || !allZero(v) {
+			t.Errorf("%s slot %d not zeroed after removal: % x", name, b.id, v)
+		}
+	}
+	var stats []edtBudgetStats
+	var pstats []edtPoliceStats
+	if err := s.maps.NetshapeStats.Lookup(b.id, &stats); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.maps.NetshapePstats.Lookup(b.id, &pstats); err != nil {
+		t.Fatal(err)
+	}
+	for cpu := range stats {
+		if stats[cpu] != (edtBudgetStats{}) || pstats[cpu] != (edtPoliceStats{}) {
+			t.Errorf("counters of slot %d not zeroed on CPU %d: %+v %+v", b.id, cpu, stats[cpu], pstats[cpu])
 		}
 	}
 	var k edtFlowKey
@@ -514,4 +536,13 @@ func TestRootBudgetRemoveLeavesNothing(t *testing.T) {
 	if _, err := s.Budget("temp"); !errors.Is(err, ErrNoBudget) {
 		t.Fatalf("Budget(temp) after removal: %v, want ErrNoBudget", err)
 	}
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
