@@ -265,7 +265,7 @@ func (s *Shaper) Attach(dev Device, budget string, opts AttachOptions) (Attachme
 		return Attachment{}, err
 	}
 	att := Attachment{Device: dev, Budget: budget, BudgetID: id, Hook: hook, Datapath: dp, NetnsIno: key.NetnsIno, Ifindex: int(key.Ifindex)}
-	if havePrev && prev.Budget == id && Datapath(prev.Datapath) == dp && s.inPlace(ns, l, key, prev, dp) {
+	if havePrev && prev.Budget == id && Datapath(prev.Datapath) == dp && prev.Flags&flagStaleProg == 0 && s.inPlace(ns, l, key, prev, dp) {
 		att.Mode = Mode(prev.Mode)
 		att.Unchanged = true
 		return att, nil
@@ -297,7 +297,7 @@ func (s *Shaper) Attach(dev Device, budget string, opts AttachOptions) (Attachme
 
 	val := devVal{Budget: id, Datapath: uint8(dp)}
 	if havePrev {
-		val.Flags = prev.Flags
+		val.Flags = prev.Flags &^ flagStaleProg // the program is swapped below
 	}
 	val.setDevice(dev)
 

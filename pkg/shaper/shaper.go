@@ -78,6 +78,10 @@ func Open(opts Options) (*Shaper, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse embedded BPF object: %w", err)
 	}
+	// An older layout's pins move aside first, or loading would fail on them (migrate.go).
+	if err := stashV1(dir); err != nil {
+		return nil, err
+	}
 	s := &Shaper{pinDir: dir, spec: spec, progs: map[progKey]*ebpf.Program{}}
 	pin := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}}
 	if err := spec.LoadAndAssign(&s.maps, pin); err != nil {
@@ -90,6 +94,10 @@ func Open(opts Options) (*Shaper, error) {
 	if s.devs, err = ebpf.NewMapWithOptions(devsSpec(), pin.Maps); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("load pinned device registry in %s: %w", dir, err)
+	}
+	if err := s.migrateV1(); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("%w (devices attached before keep their old programs and limits)", err)
 	}
 	return s, nil
 }
