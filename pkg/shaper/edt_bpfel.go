@@ -24,12 +24,7 @@ type edtBudgetCfg struct {
 }
 
 type edtBudgetState struct {
-	_    structs.HostLayout
-	Lock struct {
-		_   structs.HostLayout
-		Val uint32
-	}
-	Pad    uint32
+	_      structs.HostLayout
 	T_last uint64
 }
 

@@ -77,6 +77,13 @@ func stashV1(dir string) error {
 	return nil
 }
 
+// v1BudgetState is struct budget_state of the v1 layout (the clock was
+// charged under a spin lock then).
+type v1BudgetState struct {
+	Lock, Pad uint32
+	TLast     uint64
+}
+
 // v1 is what migrateV1 reads from the stash; a map missing from it (a layout
 // older still, or a stash from a run that died) reads as empty.
 type v1 struct {
@@ -188,7 +195,7 @@ func (s *Shaper) carryV1(old *v1, id uint32, name string) (slot uint32, ok bool,
 		val      any
 	}{
 		{old.pcfg, s.maps.NetshapePcfg, new(edtPoliceCfg)},
-		{old.state, s.maps.NetshapeState, new(edtBudgetState)},
+		{old.state, s.maps.NetshapeState, new(v1BudgetState)},
 		{old.pstate, s.maps.NetshapePstate, new(edtPoliceState)},
 		{old.stats, s.maps.NetshapeStats, &[]edtBudgetStats{}},
 		{old.pstats, s.maps.NetshapePstats, &[]edtPoliceStats{}},
@@ -208,6 +215,8 @@ func (s *Shaper) carryV1(old *v1, id uint32, name string) (slot uint32, ok bool,
 		// anything else is not ours to guess at.
 		val := c.val
 		switch v := c.val.(type) {
+		case *v1BudgetState:
+			val = edtBudgetState{T_last: v.TLast}
 		case *[]edtBudgetStats:
 			if val = *v; len(*v) != ncpu {
 				continue
