@@ -6,7 +6,7 @@ import (
 )
 
 // BenchmarkEDTPacket is the datapath's cost per packet, measured by the kernel
-// (BPF_PROG_TEST_RUN repeat): budget lookup, flow lookup/update, the spin-locked
+// (BPF_PROG_TEST_RUN repeat): budget lookups (array, by slot), flow lookup/update, the compare-and-swap
 // clock update and the counters. Reported as ns/op per packet.
 func BenchmarkEDTPacket(b *testing.B) {
 	for _, tc := range []struct {

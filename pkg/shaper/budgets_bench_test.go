@@ -9,8 +9,8 @@ import (
 
 // BenchmarkEDTPacketBudgets: the per-packet cost of the shaping program as the number of
 // budgets in the maps grows (1, 100, 1,000), all measured in one run so they compare like
-// with like; "x-at-1000" is the cost at 1,000 budgets over the cost at one. Every lookup
-// is a hash by budget id, so it should stay flat.
+// with like; "x-at-1000" is the cost at 1,000 budgets over the cost at one. Every budget
+// lookup is an array index by slot, so it should stay flat.
 func BenchmarkEDTPacketBudgets(b *testing.B) {
 	s := openBenchShaper(b)
 	frame := packet(0x0800, 0, 1)

@@ -30,7 +30,7 @@ var targets = []target{
 		"per-packet datapath cost: at 1 µs one CPU still stamps 1 Mpps, 10 Gbit/s of 1500-byte frames"},
 	{"BenchmarkEDTPacket/sparse-100B", "kernel-ns/packet", 1000, "same, for the express (sparse flow) path"},
 	{"BenchmarkCountPacket", "kernel-ns/packet", 100,
-		"count-only attachment (every app counted, limited or not): a counter lookup, no clock, no lock, no qdisc"},
+		"count-only attachment (every app counted, limited or not): a config and a counter lookup, no clock, no qdisc"},
 	{"BenchmarkLimitPacket", "kernel-ns/packet", 1000, "the no-fq policer (degraded mode): the shaping clock without flows or stamps"},
 	{"BenchmarkEDTPacketBudgets", "ns/packet-at-1000", 1000, "the same cost with 1,000 budgets in the maps"},
 	{"BenchmarkEDTPacketBudgets", "x-at-1000", 1.3, "flat: at 1,000 budgets within 30 % of the cost at one (same run)"},
