@@ -77,7 +77,7 @@ func v1Install(t *testing.T, dir string, dev Device, v1ID uint32, b Budget) (map
 		val any
 	}{
 		{names, raw},
-		{coll.Maps["netshape_state"], edtBudgetState{}},
+		{coll.Maps["netshape_state"], v1BudgetState{}},
 		{coll.Maps["netshape_stats"], stats},
 		{coll.Maps["netshape_pcfg"], edtPoliceCfg{TolNs: uint64(b.PoliceTolerance())}},
 		{coll.Maps["netshape_pstate"], edtPoliceState{}},
@@ -285,5 +285,56 @@ func TestRootMigrateFromHashLayout(t *testing.T) {
 			t.Fatalf("v1 objects still alive after re-attach: %v", alive)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestRootMigrateResumes: a migration that died part way (some pins moved
+// aside, or all of them but nothing carried yet) is finished by the next Open:
+// the budget arrives with its config and the device is re-attached by the
+// next Attach.
+func TestRootMigrateResumes(t *testing.T) {
+	nettest.RequireRoot(t)
+	for _, tc := range []struct {
+		name  string
+		moved []string // pins the dead run had moved into the stash
+	}{
+		{"some pins moved", v1Maps[:3]},
+		{"all pins moved", v1Maps},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := "/sys/fs/bpf/netshape-test-" + nettest.Suffix()
+			t.Cleanup(func() { os.RemoveAll(dir) })
+			if err := ensureBPFFS(filepath.Dir(dir)); err != nil {
+				t.Fatal(err)
+			}
+			p := nettest.NewPair(t, nettest.NewNetns(t, "mres"), nil, 72)
+			dev := Device{Netns: p.A.Path, Name: p.NameA}
+			b := Budget{Name: "res/_default_/egress", Rate: 5_000_000}
+			v1Install(t, dir, dev, 77, b)
+			if err := os.MkdirAll(filepath.Join(dir, stashDir), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range tc.moved {
+				if err := os.Rename(filepath.Join(dir, n), filepath.Join(dir, stashDir, n)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s, err := Open(Options{PinDir: dir})
+			if err != nil {
+				t.Fatalf("open after an interrupted migration: %v", err)
+			}
+			defer s.Destroy()
+			st, err := s.Budget(b.Name)
+			if err != nil || st.Rate != b.Rate || st.Stats.Packets < 1_000_000 {
+				t.Fatalf("budget after resumed migration: %+v %v; want rate %d and the v1 counters", st, err, b.Rate)
+			}
+			if _, err := os.Stat(filepath.Join(dir, stashDir)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("stash left after the resumed migration: %v", err)
+			}
+			a, err := s.Attach(dev, b.Name, AttachOptions{NoFq: true})
+			if err != nil || a.Unchanged || a.BudgetID != st.ID {
+				t.Fatalf("attach after resumed migration: %+v %v; want the program replaced on slot %d", a, err, st.ID)
+			}
+		})
 	}
 }
