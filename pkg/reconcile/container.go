@@ -4,8 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/dokku-netshape/dokku-netshape/pkg/containers"
+	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
 )
 
 // Inspector finds one container by ID (pkg/containers in production).
@@ -21,6 +26,19 @@ type Inspection struct {
 	done chan struct{}
 	c    containers.Container
 	err  error
+	// provisional: c was put together from the start event and the
+	// container's cgroup, not by Docker (containers.FromStart).
+	provisional bool
+}
+
+// Provisional is an answer already in hand about a started container that
+// Docker did not give (containers.FromStart). Started uses it only for a
+// network namespace nothing is recorded in yet, i.e. the container's own new
+// one; anything else (a netns shared with another container) is inspected.
+func Provisional(c containers.Container) *Inspection {
+	in := &Inspection{ID: c.ID, done: make(chan struct{}), c: c, provisional: true}
+	close(in.done)
+	return in
 }
 
 // StartInspect begins inspecting container id on its own goroutine.
@@ -75,6 +93,12 @@ func (r *Reconciler) Started(ctx context.Context, app, proc string, in *Inspecti
 		early, earlyErr = r.Wants(app, []string{proc})
 	}
 	c, err := in.wait(ctx)
+	if err == nil && in.provisional {
+		if c, err = r.confirm(ctx, c); err != nil {
+			return res, err
+		}
+	}
+	res.InspectedAt = time.Now()
 	switch {
 	case errors.Is(err, containers.ErrGone):
 		res.Unshaped = append(res.Unshaped, Unshaped{Container: in.ID, Cause: gone()})
@@ -103,4 +127,26 @@ func (r *Reconciler) Started(ctx context.Context, app, proc string, in *Inspecti
 	}
 	r.attach(ctx, r.plan(list, res.Wants, &res), &res)
 	return res, nil
+}
+
+// confirm takes a provisional container as it is when its netns is new to
+// the registry, and otherwise asks Docker: a netns already recorded belongs
+// to a container shaped before, perhaps of another app (--network
+// container:X), and only Docker knows whose it is.
+func (r *Reconciler) confirm(ctx context.Context, c containers.Container) (containers.Container, error) {
+	var st unix.Stat_t
+	if path := c.NetnsPath(); path != "" && unix.Stat(path, &st) == nil {
+		atts, err := r.Shaper.Attachments()
+		if err != nil {
+			return c, err
+		}
+		if !slices.ContainsFunc(atts, func(a shaper.Attachment) bool { return a.NetnsIno == st.Ino }) {
+			return c, nil
+		}
+	}
+	insp, ok := r.Docker.(Inspector)
+	if !ok {
+		return c, errors.New("reconcile: Docker client cannot inspect containers")
+	}
+	return StartInspect(ctx, insp, c.ID).wait(ctx)
 }
