@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // Migration from the pinned layout of the hash maps (v1) to the array layout.
@@ -36,6 +37,11 @@ import (
 //
 // A failure returns an error from Open and leaves the stash for the next run:
 // the old programs go on enforcing, the caller says so.
+//
+// Readers open the shaper without the reconcile lock (report, metrics, top),
+// so two processes may meet one old layout at once: while a migration is
+// pending, Open holds an flock on the pin directory from stashV1 until
+// migrateV1 is done, and checks again once it has it.
 
 const (
 	// stashDir holds the v1 pins during a migration.
@@ -50,31 +56,66 @@ const (
 var v1Maps = []string{"netshape_names", "netshape_state", "netshape_stats", "netshape_flows",
 	"netshape_pcfg", "netshape_pstate", "netshape_pstats", "netshape_cfg"}
 
-// stashV1 moves the pins of a v1 layout in dir out of the way of the new maps.
-func stashV1(dir string) error {
+// stashV1 moves the pins of a v1 layout in dir out of the way of the new
+// maps. While a migration is pending it returns holding the directory's
+// lock; the caller releases it (unlock) once migrateV1 has run.
+func stashV1(dir string) (unlock func(), err error) {
+	unlock = func() {}
+	pending, err := v1Pending(dir)
+	if err != nil || !pending {
+		return unlock, err
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return unlock, fmt.Errorf("migrate pinned maps in %s: %w", dir, err)
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
+		unix.Close(fd)
+		return unlock, fmt.Errorf("migrate pinned maps in %s: lock: %w", dir, err)
+	}
+	unlock = func() { unix.Close(fd) } // closing the last descriptor drops the flock
+	// Another process may have migrated while we waited.
 	cfg, err := ebpf.LoadPinnedMap(filepath.Join(dir, "netshape_cfg"), nil)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil // a fresh directory, or already moved
+		return unlock, nil
 	}
 	if err != nil {
-		return fmt.Errorf("inspect pinned budget config in %s: %w", dir, err)
+		return unlock, fmt.Errorf("inspect pinned budget config in %s: %w", dir, err)
 	}
 	typ := cfg.Type()
 	cfg.Close()
 	if typ != ebpf.Hash {
-		return nil // the current layout
+		return unlock, nil
 	}
+	// The stash exists before anything moves into it, so a process that
+	// finds the config gone sees the stash and waits for this one.
 	stash := filepath.Join(dir, stashDir)
 	if err := os.MkdirAll(stash, 0o700); err != nil {
-		return fmt.Errorf("migrate pinned maps in %s: %w", dir, err)
+		return unlock, fmt.Errorf("migrate pinned maps in %s: %w", dir, err)
 	}
 	for _, name := range v1Maps {
 		err := os.Rename(filepath.Join(dir, name), filepath.Join(stash, name))
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("migrate pinned maps in %s: move %s aside: %w", dir, name, err)
+			return unlock, fmt.Errorf("migrate pinned maps in %s: move %s aside: %w", dir, name, err)
 		}
 	}
-	return nil
+	return unlock, nil
+}
+
+// v1Pending: dir holds a v1 layout, or the stash of an unfinished migration.
+func v1Pending(dir string) (bool, error) {
+	if _, err := os.Stat(filepath.Join(dir, stashDir)); err == nil {
+		return true, nil
+	}
+	cfg, err := ebpf.LoadPinnedMap(filepath.Join(dir, "netshape_cfg"), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil // a fresh directory
+	}
+	if err != nil {
+		return false, fmt.Errorf("inspect pinned budget config in %s: %w", dir, err)
+	}
+	defer cfg.Close()
+	return cfg.Type() == ebpf.Hash, nil
 }
 
 // v1BudgetState is struct budget_state of the v1 layout (the clock was

@@ -338,3 +338,48 @@ func TestRootMigrateResumes(t *testing.T) {
 		})
 	}
 }
+
+// TestRootMigrateConcurrentOpens: readers open the shaper without the
+// reconcile lock, so several processes may meet one v1 layout at once. Every
+// Open succeeds and the budget ends up in exactly one slot.
+func TestRootMigrateConcurrentOpens(t *testing.T) {
+	nettest.RequireRoot(t)
+	dir := "/sys/fs/bpf/netshape-test-" + nettest.Suffix()
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := ensureBPFFS(filepath.Dir(dir)); err != nil {
+		t.Fatal(err)
+	}
+	p := nettest.NewPair(t, nettest.NewNetns(t, "mcon"), nil, 73)
+	b := Budget{Name: "con/_default_/egress", Rate: 5_000_000}
+	v1Install(t, dir, Device{Netns: p.A.Path, Name: p.NameA}, 99, b)
+	const opens = 4
+	errs := make(chan error, opens)
+	shapers := make(chan *Shaper, opens)
+	for range opens {
+		go func() {
+			s, err := Open(Options{PinDir: dir})
+			errs <- err
+			shapers <- s
+		}()
+	}
+	for range opens {
+		if err := <-errs; err != nil {
+			t.Errorf("concurrent open over the v1 layout: %v", err)
+		}
+		if s := <-shapers; s != nil {
+			defer s.Close()
+		}
+	}
+	s, err := Open(Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Destroy()
+	names, err := s.allNames()
+	if err != nil || len(names) != 1 {
+		t.Fatalf("names after concurrent migrations: %v %v; want the one budget once", names, err)
+	}
+	if st, err := s.Budget(b.Name); err != nil || st.Rate != b.Rate {
+		t.Fatalf("budget after concurrent migrations: %+v %v", st, err)
+	}
+}

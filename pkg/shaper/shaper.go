@@ -79,9 +79,11 @@ func Open(opts Options) (*Shaper, error) {
 		return nil, fmt.Errorf("parse embedded BPF object: %w", err)
 	}
 	// An older layout's pins move aside first, or loading would fail on them (migrate.go).
-	if err := stashV1(dir); err != nil {
+	unlock, err := stashV1(dir)
+	if err != nil {
 		return nil, err
 	}
+	defer unlock()
 	s := &Shaper{pinDir: dir, spec: spec, progs: map[progKey]*ebpf.Program{}}
 	pin := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}}
 	if err := spec.LoadAndAssign(&s.maps, pin); err != nil {
