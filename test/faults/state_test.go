@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 
@@ -498,14 +499,51 @@ func scanDevices(v *inventory, nsPath string, ino uint64, label string) error {
 	return nil
 }
 
-// budgetMaps are the pinned maps keyed by budget id: every named budget has an entry in each
-// (the policer's too, for every budget: pkg/shaper UpsertBudget), and no other.
+// budgetMaps are the pinned maps indexed by budget slot: the names map (a hash: a slot is
+// taken when named) and the budget arrays, where every slot always has an entry. An array
+// entry counts as present when its slot holds a configured budget (non-zero config), or when
+// it is not all zero: anything non-zero in an unnamed slot is a leftover.
 var budgetMaps = []string{"netshape_names", "netshape_cfg", "netshape_state", "netshape_stats",
 	"netshape_pcfg", "netshape_pstate", "netshape_pstats"}
 
-// countMaps counts the pinned maps' entries and checks the budget maps agree: every named
-// budget has config, state and counters (the shaper's and the policer's), every entry a name,
-// every attachment a budget.
+// nonZeroSlots is the slots of an array map whose value (on any CPU, for a per-CPU map) is not all zero.
+func nonZeroSlots(m *ebpf.Map) (map[uint32]bool, error) {
+	out := map[uint32]bool{}
+	var k uint32
+	zero := func(b []byte) bool {
+		for _, c := range b {
+			if c != 0 {
+				return false
+			}
+		}
+		return true
+	}
+	if m.Type() == ebpf.PerCPUArray {
+		// A slice of fixed-size byte arrays, one per CPU, sized at run time.
+		val := reflect.New(reflect.SliceOf(reflect.ArrayOf(int(m.ValueSize()), reflect.TypeOf(byte(0)))))
+		it := m.Iterate()
+		for it.Next(&k, val.Interface()) {
+			cpus := val.Elem()
+			for i := 0; i < cpus.Len(); i++ {
+				if !zero(cpus.Index(i).Slice(0, int(m.ValueSize())).Bytes()) {
+					out[k] = true
+				}
+			}
+		}
+		return out, it.Err()
+	}
+	var val []byte
+	it := m.Iterate()
+	for it.Next(&k, &val) {
+		if !zero(val) {
+			out[k] = true
+		}
+	}
+	return out, it.Err()
+}
+
+// countMaps counts the budget maps' entries and checks they agree: every named budget is
+// configured, nothing is left in an unnamed slot, every attachment has a configured budget.
 func (r *rig) countMaps(v *inventory) error {
 	keys := map[string]map[uint32]bool{}
 	for _, name := range budgetMaps {
@@ -514,30 +552,38 @@ func (r *rig) countMaps(v *inventory) error {
 			return fmt.Errorf("open pinned map %s: %w", name, err)
 		}
 		ids := map[uint32]bool{}
-		var k, next uint32
-		var prev any // nil: start
-		for i := 0; i <= int(m.MaxEntries()); i++ {
-			if err := m.NextKey(prev, &next); err != nil {
-				if errors.Is(err, ebpf.ErrKeyNotExist) {
-					break
+		if name == "netshape_names" {
+			var k, next uint32
+			var prev any // nil: start
+			for i := 0; i <= int(m.MaxEntries()); i++ {
+				if err := m.NextKey(prev, &next); err != nil {
+					if errors.Is(err, ebpf.ErrKeyNotExist) {
+						break
+					}
+					m.Close()
+					return fmt.Errorf("iterate %s: %w", name, err)
 				}
-				m.Close()
-				return fmt.Errorf("iterate %s: %w", name, err)
+				ids[next] = true
+				k = next
+				prev = k
 			}
-			ids[next] = true
-			k = next
-			prev = k
+		} else if ids, err = nonZeroSlots(m); err != nil {
+			m.Close()
+			return fmt.Errorf("iterate %s: %w", name, err)
 		}
 		m.Close()
 		keys[name] = ids
 	}
+	for _, name := range budgetMaps[2:] {
+		for id := range keys["netshape_cfg"] {
+			keys[name][id] = true // a configured budget's entries are its own, zero or not
+		}
+	}
 	v.Names, v.Cfg, v.State, v.Stats = len(keys["netshape_names"]), len(keys["netshape_cfg"]), len(keys["netshape_state"]), len(keys["netshape_stats"])
 	v.Pcfg, v.Pstate, v.Pstats = len(keys["netshape_pcfg"]), len(keys["netshape_pstate"]), len(keys["netshape_pstats"])
 	for id := range keys["netshape_names"] {
-		for _, other := range budgetMaps[1:] {
-			if !keys[other][id] {
-				v.Inconsistent = append(v.Inconsistent, fmt.Sprintf("budget %d named but missing in %s", id, other))
-			}
+		if !keys["netshape_cfg"][id] {
+			v.Inconsistent = append(v.Inconsistent, fmt.Sprintf("budget %d named but not configured", id))
 		}
 	}
 	for _, other := range budgetMaps[1:] {
@@ -548,7 +594,7 @@ func (r *rig) countMaps(v *inventory) error {
 		}
 	}
 	for _, a := range v.Atts {
-		if !keys["netshape_cfg"][a.BudgetID] || !keys["netshape_pcfg"][a.BudgetID] {
+		if !keys["netshape_cfg"][a.BudgetID] {
 			v.Inconsistent = append(v.Inconsistent, fmt.Sprintf("%s attachment %s uses budget %d, which has no config", a.Hook, a.Device, a.BudgetID))
 		}
 	}
