@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -262,6 +263,21 @@ func TestRootTeardown(t *testing.T) {
 		if err := s.UpsertBudget(shaper.Budget{Name: name, Rate: 1e6}); err != nil {
 			t.Fatal(err)
 		}
+		// Its verified programs, pinned for later processes: they go with it.
+		if err := s.Preload(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	progPins := func() int {
+		t.Helper()
+		ents, err := os.ReadDir(filepath.Join(s.PinDir(), "progs"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	if n := progPins(); n != 2*8 {
+		t.Fatalf("%d pinned programs, want two per budget (16)", n)
 	}
 	r := &Reconciler{Env: f.Env, Shaper: s}
 	gone, err := r.RemoveGone()
@@ -277,11 +293,17 @@ func TestRootTeardown(t *testing.T) {
 	if got := budgetNames(t, s); !slices.Equal(got, kept) {
 		t.Fatalf("after RemoveGone: %q, want %q", got, kept)
 	}
+	if n := progPins(); n != 2*len(kept) {
+		t.Fatalf("%d pinned programs after RemoveGone, want the kept budgets' %d", n, 2*len(kept))
+	}
 	if err := r.Remove(longApp); err != nil {
 		t.Fatal(err)
 	}
 	if got := budgetNames(t, s); len(got) != 2 || !strings.HasPrefix(got[0], "shop/") || !strings.HasPrefix(got[1], "shop/") {
 		t.Fatalf("after Remove(long app): %q", got)
+	}
+	if n := progPins(); n != 4 {
+		t.Fatalf("%d pinned programs after Remove(long app), want shop's 4", n)
 	}
 	// A DOKKU_ROOT that is not there is an error, not "every app is gone".
 	r.Env.DokkuRoot = f.Path("missing")

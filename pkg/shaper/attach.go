@@ -373,6 +373,10 @@ func (s *Shaper) load(id uint32, budget, name string) (*ebpf.Program, error) {
 	if p := s.progs[k]; p != nil {
 		return p, nil
 	}
+	if p := s.pinnedProgram(k); p != nil {
+		s.progs[k] = p
+		return p, nil
+	}
 	spec := s.spec.Copy()
 	if err := spec.Variables["budget_id"].Set(id); err != nil {
 		return nil, fmt.Errorf("set budget id of %s program: %w", name, err)
@@ -402,6 +406,7 @@ func (s *Shaper) load(id uint32, budget, name string) (*ebpf.Program, error) {
 	}
 	prog := coll.DetachProgram(name)
 	coll.Close()
+	s.pinProgram(k, prog)
 	s.progs[k] = prog
 	return prog, nil
 }

@@ -313,14 +313,9 @@ func (s *Shaper) RemoveBudget(name string) error {
 	if err := s.forgetFlows(id); err != nil {
 		return fmt.Errorf("remove budget %q: %w", name, err)
 	}
-	s.mu.Lock()
-	for k, p := range s.progs {
-		if k.id == id {
-			p.Close()
-			delete(s.progs, k)
-		}
+	if err := s.dropPrograms(id); err != nil {
+		return fmt.Errorf("remove budget %q: %w", name, err)
 	}
-	s.mu.Unlock()
 	return nil
 }
 

@@ -52,8 +52,9 @@ type Shaper struct {
 	names  *ebpf.Map // budget id -> name
 	devs   *ebpf.Map // device (netns inode, ifindex) -> attachment
 
-	mu    sync.Mutex
-	progs map[progKey]*ebpf.Program // one loaded program per budget id and hook
+	mu     sync.Mutex
+	progs  map[progKey]*ebpf.Program // one loaded program per budget id and hook
+	mapIDs map[ebpf.MapID]bool       // kernel ids of s.maps (progpin.go)
 }
 
 type progKey struct {
@@ -91,6 +92,9 @@ func Open(opts Options) (*Shaper, error) {
 		s.Close()
 		return nil, fmt.Errorf("load pinned device registry in %s: %w", dir, err)
 	}
+	// Best effort: a stale instance is never used (its name says which build
+	// made it), only kept until the next Open or Destroy.
+	s.removeStalePrograms()
 	return s, nil
 }
 
