@@ -64,10 +64,8 @@ type Reconciler struct {
 	// or one run's removals undo another's counting.
 	Monitor bool
 
-	// pruned: the shaper's records of vanished devices were pruned in this
-	// run (see pruneOnce); prune is Shaper.Prune unless a test counts it.
-	pruned bool
-	prune  func() ([]shaper.Attachment, error)
+	// prune is Shaper.PruneMatching unless a test counts it (see pruneApp).
+	prune func(match func(shaper.Attachment) bool) ([]shaper.Attachment, error)
 }
 
 // Want is one configured budget of an app.
@@ -270,7 +268,7 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 			return res, err
 		}
 	}
-	if err := r.pruneOnce(); err != nil {
+	if err := r.pruneApp(app); err != nil {
 		return res, err
 	}
 	for _, w := range res.Wants {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"slices"
+
+	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
 )
 
 // Teardown has three callers, one implementation (removeBudgets): an app that
@@ -13,22 +15,20 @@ import (
 // RemoveAll). Callers hold the reconcile lock, as for App: a reconcile of the
 // same app must not re-attach what is being removed.
 
-// pruneOnce forgets attachments whose namespace or device vanished, once per
-// run: it opens the namespace of every attachment, so per app it would cost
-// apps × attachments opens in `apply --all`. Devices that vanish later in the
-// run are pruned by Shaper.Detach when it meets them.
-func (r *Reconciler) pruneOnce() error {
-	if r.pruned {
-		return nil
-	}
+// pruneApp forgets the app's attachments whose namespace or device vanished.
+// Only the app's: each app's run prunes its own, so `apply APP` among a
+// thousand containers opens the namespaces of that app's alone, and `apply
+// --all` opens each once. Records left by deleted apps go with their budgets
+// (RemoveGone); devices that vanish later in the run are pruned by
+// Shaper.DetachHook when it meets them.
+func (r *Reconciler) pruneApp(app string) error {
 	prune := r.prune
 	if prune == nil {
-		prune = r.Shaper.Prune
+		prune = r.Shaper.PruneMatching
 	}
-	if _, err := prune(); err != nil {
-		return fmt.Errorf("forget devices that vanished: %w", err)
+	if _, err := prune(func(a shaper.Attachment) bool { return ownedBy(a.Budget, app) }); err != nil {
+		return fmt.Errorf("forget devices of %s that vanished: %w", app, err)
 	}
-	r.pruned = true
 	return nil
 }
 

@@ -319,12 +319,13 @@ func TestRootTeardown(t *testing.T) {
 	}
 }
 
-// apply --all reconciles every app in one run: the records of vanished
-// devices are pruned once, and the prune opens the namespace of each
-// attachment once — not once per app. Counted with the real Prune behind a
-// hook; with fq (the VM guests) the attachments are real, three apps with
-// two devices each.
-func TestRootPruneOncePerRun(t *testing.T) {
+// Each app's reconcile prunes the records of its own vanished devices only:
+// `apply APP` among many opens that app's namespaces, and `apply --all` opens
+// each attachment's once — not once per app. Counted with the real
+// PruneMatching behind a hook; with fq (the VM guests) the attachments are
+// real, three apps with two devices each. A vanished device of another app is
+// left to that app's reconcile.
+func TestRootPruneOnlyTheApp(t *testing.T) {
 	nettest.RequireRoot(t)
 	fq := nettest.HaveFq(t)
 	ctx := context.Background()
@@ -340,16 +341,20 @@ func TestRootPruneOncePerRun(t *testing.T) {
 		docker[app] = []containers.Container{c}
 	}
 	s := openShaper(t)
-	run := func() (prunes, opens int) {
+	run := func(apps ...string) (prunes, opens int) {
 		r := &Reconciler{Env: f.Env, Docker: docker, Shaper: s}
-		r.prune = func() ([]shaper.Attachment, error) {
+		r.prune = func(match func(shaper.Attachment) bool) ([]shaper.Attachment, error) {
 			atts, err := s.Attachments()
 			if err != nil {
 				return nil, err
 			}
 			prunes++
-			opens += len(atts) // Prune checks each attachment's namespace once
-			return s.Prune()
+			for _, a := range atts {
+				if match(a) {
+					opens++ // PruneMatching checks each selected attachment's device once
+				}
+			}
+			return s.PruneMatching(match)
 		}
 		for _, app := range apps {
 			res, err := r.App(ctx, app)
@@ -360,10 +365,12 @@ func TestRootPruneOncePerRun(t *testing.T) {
 		}
 		return prunes, opens
 	}
-	run() // attaches (degraded without fq)
-	prunes, opens := run()
-	wantOpens := 9 // 3 apps × (eth0, host peer's backstop, host peer)
-	if prunes != 1 || opens != wantOpens {
-		t.Fatalf("one run over %d apps: %d prunes opening %d namespaces, want 1 and %d", len(apps), prunes, opens, wantOpens)
+	run(apps...) // attaches (degraded without fq)
+	prunes, opens := run(apps...)
+	if want := 9; prunes != len(apps) || opens != want { // 3 apps × (eth0, host peer's backstop, host peer)
+		t.Fatalf("one run over %d apps: %d prunes checking %d devices, want %d and %d", len(apps), prunes, opens, len(apps), want)
+	}
+	if prunes, opens := run(apps[1]); prunes != 1 || opens != 3 {
+		t.Fatalf("one app: %d prunes checking %d devices, want 1 and 3", prunes, opens)
 	}
 }

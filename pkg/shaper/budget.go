@@ -436,13 +436,9 @@ func (s *Shaper) lookupID(name string) (uint32, bool, error) {
 
 func (s *Shaper) allNames() (map[uint32]string, error) {
 	out := map[uint32]string{}
-	var id uint32
-	var raw [maxNameLen + 1]byte
-	it := s.names.Iterate()
-	for it.Next(&id, &raw) {
+	if err := eachEntry(s.names, func(id uint32, raw [maxNameLen + 1]byte) {
 		out[id] = string(bytes.TrimRight(raw[:], "\x00"))
-	}
-	if err := it.Err(); err != nil {
+	}); err != nil {
 		return nil, fmt.Errorf("list budgets: %w", err)
 	}
 	return out, nil

@@ -42,9 +42,12 @@ type nsRef struct {
 // which netlink.NewHandleAt may briefly move into another namespace.
 var hostNetns, hostNetnsErr = netns.Get()
 
+// hostPath is the nsRef path of this process's own namespace.
+const hostPath = "host"
+
 func (d Device) nsPath() string {
 	if d.Netns == "" {
-		return "host"
+		return hostPath
 	}
 	return d.Netns
 }

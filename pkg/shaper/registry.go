@@ -78,13 +78,8 @@ func (s *Shaper) Attachments() ([]Attachment, error) {
 	if err != nil {
 		return nil, err
 	}
-	var (
-		k   devKey
-		v   devVal
-		out []Attachment
-	)
-	it := s.devs.Iterate()
-	for it.Next(&k, &v) {
+	var out []Attachment
+	if err := eachEntry(s.devs, func(k devKey, v devVal) {
 		out = append(out, Attachment{
 			Device:   Device{Netns: cstr(v.Netns[:]), Name: cstr(v.Name[:])},
 			Budget:   names[v.Budget],
@@ -95,8 +90,7 @@ func (s *Shaper) Attachments() ([]Attachment, error) {
 			NetnsIno: k.NetnsIno,
 			Ifindex:  int(k.Ifindex),
 		})
-	}
-	if err := it.Err(); err != nil {
+	}); err != nil {
 		return nil, fmt.Errorf("list attachments: %w", err)
 	}
 	return out, nil
@@ -106,44 +100,93 @@ func (s *Shaper) Attachments() ([]Attachment, error) {
 // container that stopped takes its devices, filters and TCX links with it;
 // only our record and pin remain). It returns what it forgot.
 func (s *Shaper) Prune() ([]Attachment, error) {
+	return s.PruneMatching(func(Attachment) bool { return true })
+}
+
+// PruneMatching is Prune for the attachments match selects: one app's, so
+// reconciling one app among a thousand does not open every namespace.
+func (s *Shaper) PruneMatching(match func(Attachment) bool) ([]Attachment, error) {
 	atts, err := s.Attachments()
 	if err != nil {
 		return nil, err
 	}
-	var pruned []Attachment
+	// Each namespace is opened once, however many attachments it holds (the
+	// host's holds two per container).
+	byNetns := map[string][]Attachment{}
 	for _, a := range atts {
-		if s.alive(a) {
-			continue
+		if match(a) {
+			byNetns[a.Device.Netns] = append(byNetns[a.Device.Netns], a)
 		}
-		k := devKey{NetnsIno: a.NetnsIno, Ifindex: uint32(a.Ifindex), Hook: a.Hook}
-		if l, err := link.LoadPinnedLink(s.linkPin(k), nil); err == nil {
-			l.Unpin()
-			l.Close()
+	}
+	var pruned []Attachment
+	for _, group := range byNetns {
+		for _, a := range deadIn(group) {
+			k := devKey{NetnsIno: a.NetnsIno, Ifindex: uint32(a.Ifindex), Hook: a.Hook}
+			if l, err := link.LoadPinnedLink(s.linkPin(k), nil); err == nil {
+				l.Unpin()
+				l.Close()
+			}
+			if err := s.devs.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return pruned, fmt.Errorf("forget attachment of %s: %w", a.Device, err)
+			}
+			pruned = append(pruned, a)
 		}
-		if err := s.devs.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return pruned, fmt.Errorf("forget attachment of %s: %w", a.Device, err)
-		}
-		pruned = append(pruned, a)
 	}
 	return pruned, nil
 }
 
-// alive reports whether the attachment's namespace and device still exist.
-func (s *Shaper) alive(a Attachment) bool {
-	if nsIno(a.Device) != a.NetnsIno {
-		return false
+// listAbove is how many attachments in one namespace make listing its links
+// once cheaper than asking for each device.
+const listAbove = 16
+
+// deadIn returns the attachments, all recorded in one namespace path, whose
+// namespace or device provably no longer exists. On any other error (EMFILE,
+// EPERM) an attachment is kept: pruning a live one would unshape it.
+func deadIn(atts []Attachment) []Attachment {
+	dev := atts[0].Device
+	ino := nsIno(dev)
+	var dead, here []Attachment
+	for _, a := range atts {
+		if a.NetnsIno != ino {
+			dead = append(dead, a) // the namespace is gone, or the path names another now
+		} else {
+			here = append(here, a)
+		}
 	}
-	// Only a namespace or device that is provably gone counts as dead: on any
-	// other error (EMFILE, EPERM) keep the attachment, since pruning a live one
-	// would unshape it.
-	ns, err := openNetns(a.Device)
+	if len(here) == 0 {
+		return dead
+	}
+	ns, err := openNetns(dev)
 	if err != nil {
-		return !errors.Is(err, ErrNoNetns)
+		if errors.Is(err, ErrNoNetns) {
+			dead = append(dead, here...)
+		}
+		return dead
 	}
 	defer ns.close()
-	if _, err := ns.nl.LinkByIndex(a.Ifindex); err != nil {
-		var nf netlink.LinkNotFoundError
-		return !errors.As(err, &nf)
+	if len(here) > listAbove {
+		links, err := ns.nl.LinkList()
+		if err != nil {
+			return dead
+		}
+		live := map[int]bool{}
+		for _, l := range links {
+			live[l.Attrs().Index] = true
+		}
+		for _, a := range here {
+			if !live[a.Ifindex] {
+				dead = append(dead, a)
+			}
+		}
+		return dead
 	}
-	return true
+	for _, a := range here {
+		if _, err := ns.nl.LinkByIndex(a.Ifindex); err != nil {
+			var nf netlink.LinkNotFoundError
+			if errors.As(err, &nf) {
+				dead = append(dead, a)
+			}
+		}
+	}
+	return dead
 }

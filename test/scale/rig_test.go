@@ -73,6 +73,12 @@ func runScale(t *testing.T, apps int, metric string) {
 		}
 	}
 
+	// Cleanups run last first: the namespaces go (taking their devices and
+	// everything attached, in the kernel's batches), then the pins. Unpinned
+	// first, each TCX link would detach on its own, a grace period apiece
+	// under the RTNL lock, stalling every network change on the machine.
+	pinDir := "/sys/fs/bpf/" + prefix
+	t.Cleanup(func() { os.RemoveAll(pinDir) })
 	t0 := time.Now()
 	makeNamespaces(t, prefix, len(records))
 	setup := time.Since(t0)
@@ -82,8 +88,6 @@ func runScale(t *testing.T, apps int, metric string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { api.Close() })
-	pinDir := "/sys/fs/bpf/" + prefix
-	t.Cleanup(func() { os.RemoveAll(pinDir) })
 	env := append(os.Environ(), "DOCKER_HOST=unix://"+api.Socket, "NETSHAPE_PIN_DIR="+pinDir,
 		"NETSHAPE_LOCK="+filepath.Join(t.TempDir(), "lock"))
 
