@@ -66,6 +66,10 @@ type Reconciler struct {
 
 	// prune is Shaper.PruneMatching unless a test counts it (see pruneApp).
 	prune func(match func(shaper.Attachment) bool) ([]shaper.Attachment, error)
+	// listed: the shaper's attachments as Status last read them, for the
+	// next Status of the same run (a report of every app reads them once,
+	// not once per app); App, which changes them, drops it.
+	listed []shaper.Attachment
 }
 
 // Want is one configured budget of an app.
@@ -253,6 +257,7 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 	if r.Shaper == nil {
 		return res, errors.New("reconcile: no shaper")
 	}
+	r.listed = nil
 	var list []containers.Container
 	var err error
 	if res.Scheduler, err = r.remote(app); err != nil {
@@ -301,13 +306,13 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 		}
 		res.Removed = append(res.Removed, a)
 	}
-	budgets, err := r.Shaper.Budgets()
+	names, err := r.Shaper.BudgetNames()
 	if err != nil {
 		return res, err
 	}
-	for _, b := range budgets {
-		if ownedBy(b.Name, app) && !slices.ContainsFunc(res.Wants, func(w Want) bool { return w.Budget.Name == b.Name }) {
-			if err := r.Shaper.RemoveBudget(b.Name); err != nil {
+	for _, name := range names {
+		if ownedBy(name, app) && !slices.ContainsFunc(res.Wants, func(w Want) bool { return w.Budget.Name == name }) {
+			if err := r.Shaper.RemoveBudget(name); err != nil {
 				return res, fmt.Errorf("%s: %w", app, err)
 			}
 		}
@@ -454,10 +459,12 @@ func (r *Reconciler) Status(ctx context.Context, app string) (Result, error) {
 		}
 		return res, nil
 	}
-	atts, err := r.Shaper.Attachments()
-	if err != nil {
-		return res, err
+	if r.listed == nil {
+		if r.listed, err = r.Shaper.Attachments(); err != nil {
+			return res, err
+		}
 	}
+	atts := r.listed
 	attachedAt := func(p Shaped) int {
 		return slices.IndexFunc(atts, func(a shaper.Attachment) bool {
 			return a.Device == p.Device && a.Budget == p.Budget && a.Hook == p.Hook &&

@@ -106,6 +106,7 @@ func (r *Reconciler) removeBudgets(match func(name string) bool) ([]string, erro
 	if r.Shaper == nil {
 		return nil, errors.New("reconcile: no shaper")
 	}
+	r.listed = nil
 	budgets, err := r.Shaper.Budgets()
 	if err != nil {
 		return nil, err

@@ -422,6 +422,9 @@ func (s *Shaper) status(id uint32, name string) (BudgetStatus, error) {
 // lookupID finds the id of a named budget. The names map is small (at most
 // maxBudgets entries) and only read on the control path, so a scan is fine.
 func (s *Shaper) lookupID(name string) (uint32, bool, error) {
+	if id, ok := s.hintedID(name); ok {
+		return id, true, nil
+	}
 	names, err := s.allNames()
 	if err != nil {
 		return 0, false, err
@@ -441,6 +444,7 @@ func (s *Shaper) allNames() (map[uint32]string, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("list budgets: %w", err)
 	}
+	s.hints.remember(out)
 	return out, nil
 }
 

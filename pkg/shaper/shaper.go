@@ -55,6 +55,7 @@ type Shaper struct {
 	mu     sync.Mutex
 	progs  map[progKey]*ebpf.Program // one loaded program per budget id and hook
 	mapIDs map[ebpf.MapID]bool       // kernel ids of s.maps (progpin.go)
+	hints  idHints                   // budget name -> id, checked before use (names.go)
 }
 
 type progKey struct {
