@@ -1,7 +1,6 @@
 package scale
 
 import (
-	"os"
 	"testing"
 
 	"github.com/dokku-netshape/dokku-netshape/test/nettest"
@@ -10,7 +9,8 @@ import (
 // The host runs of the scale rig: the same CLI, reconcile and shaper against real
 // namespaces and veths on the host kernel. Without sch_fq there (the host CI kernel)
 // every shaping attachment takes the degraded no-fq path (netshape_limit, no qdisc),
-// so these time the control plane, not fq; the VM runs (scale_test.go) time both.
+// so these time the control plane on real hardware, not fq; the VM runs
+// (scale_test.go) time both under emulation.
 
 // TestRootScaleApplyAll is TestVMScaleApplyAll on the host: 10 apps of 4 containers.
 func TestRootScaleApplyAll(t *testing.T) {
@@ -18,12 +18,22 @@ func TestRootScaleApplyAll(t *testing.T) {
 	runScale(t, 10, "scale_small_host")
 }
 
-// TestRootBenchScale is TestVMBenchScale on the host (real hardware, no TCG):
-// NETSHAPE_SCALE_APPS apps of 4, default 250.
-func TestRootBenchScale(t *testing.T) {
-	nettest.RequireRoot(t)
-	if os.Getenv("NETSHAPE_BENCH") != "1" {
-		t.Skip("benchmark: run with NETSHAPE_BENCH=1")
+// BenchmarkScale is a thousand containers on the host (`make bench`, targets in
+// test/bench): 250 apps of 4, or NETSHAPE_SCALE_APPS. One scenario per op: `apply
+// --all` on nothing attached, `apply APP` among them, `apply --all` again, `report`.
+func BenchmarkScale(b *testing.B) {
+	nettest.RequireRoot(b)
+	apps := scaleApps(b)
+	var r scaleResult
+	for range b.N {
+		r = runScale(b, apps, "scale_host")
 	}
-	runScale(t, scaleApps(t), "scale_host")
+	b.ReportMetric(float64(apps*perApp), "containers")
+	b.ReportMetric(r.applyAll.Seconds(), "apply-all-s")
+	b.ReportMetric(float64(r.applyAllRSS)/1024, "apply-all-rss-MiB")
+	b.ReportMetric(float64(r.applyApp)/1e6, "apply-app-ms")
+	b.ReportMetric(float64(r.applyAppRSS)/1024, "apply-app-rss-MiB")
+	b.ReportMetric(r.applyAllAgain.Seconds(), "apply-all-again-s")
+	b.ReportMetric(r.report.Seconds(), "report-s")
+	b.ReportMetric(float64(r.reportRSS)/1024, "report-rss-MiB")
 }

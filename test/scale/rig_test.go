@@ -20,7 +20,7 @@ import (
 )
 
 // scaleApps is the benchmark's app count: 250 (a thousand containers), or NETSHAPE_SCALE_APPS.
-func scaleApps(t *testing.T) int {
+func scaleApps(t testing.TB) int {
 	t.Helper()
 	apps := 250
 	if v := os.Getenv("NETSHAPE_SCALE_APPS"); v != "" {
@@ -34,7 +34,7 @@ func scaleApps(t *testing.T) int {
 }
 
 // cliBinary is the CLI under test: NETSHAPE_BIN (make vm-test sets it), else built here.
-func cliBinary(t *testing.T) string {
+func cliBinary(t testing.TB) string {
 	t.Helper()
 	if bin := os.Getenv("NETSHAPE_BIN"); bin != "" {
 		return bin
@@ -53,7 +53,9 @@ func cliBinary(t *testing.T) string {
 
 const perApp = 4 // web.1 web.2 worker.1 worker.2
 
-func runScale(t *testing.T, apps int, metric string) {
+// runScale builds the rig (apps × perApp containers), times the CLI on it, checks what each
+// command did, reports the timings as a result line (metric) and returns them.
+func runScale(t testing.TB, apps int, metric string) scaleResult {
 	bin := cliBinary(t)
 	f := dokkutest.NewFixture(t)
 	prefix := "sc" + nettest.Suffix()[:4]
@@ -177,11 +179,19 @@ func runScale(t *testing.T, apps int, metric string) {
 		len(records), apps, allTook.Seconds(), float64(allRSS)/1024, float64(appTook)/1e6, float64(appRSS)/1024,
 		againTook.Seconds(), reportTook.Seconds(), float64(reportRSS)/1024, setup.Seconds())
 	vmresult.Report(t, metric, fields)
+	return scaleResult{applyAll: allTook, applyAllRSS: allRSS, applyApp: appTook, applyAppRSS: appRSS,
+		applyAllAgain: againTook, report: reportTook, reportRSS: reportRSS}
+}
+
+// scaleResult is what runScale measured: wall times, and peak RSS in KiB.
+type scaleResult struct {
+	applyAll, applyApp, applyAllAgain, report time.Duration
+	applyAllRSS, applyAppRSS, reportRSS       int64
 }
 
 // makeNamespaces creates /run/netns/<prefix>N for N < n, each holding eth0 whose veth peer
 // <prefix>N is in this namespace, in one `ip -batch` (one process, not 3n).
-func makeNamespaces(t *testing.T, prefix string, n int) {
+func makeNamespaces(t testing.TB, prefix string, n int) {
 	t.Helper()
 	var add, del strings.Builder
 	for i := 0; i < n; i++ {
