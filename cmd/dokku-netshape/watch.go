@@ -130,7 +130,15 @@ func (k *kept) close() {
 // shape is the watcher's start path: one container, at once. Docker is
 // asked about it before the lock is taken, so its answer overlaps the wait.
 func (k *kept) shape(ctx context.Context, ev containers.Event) (string, error) {
-	in := reconcile.StartInspect(ctx, k.docker, ev.ID)
+	t0 := time.Now()
+	// The container's cgroup names its process at once; dockerd answers an
+	// inspect only after its whole start. Inspect only when that fails.
+	in, found := (*reconcile.Inspection)(nil), "inspect"
+	if c, err := containers.FromStart(containers.CgroupRoot, ev); err == nil {
+		in, found = reconcile.Provisional(c), "cgroup"
+	} else {
+		in = reconcile.StartInspect(ctx, k.docker, ev.ID)
+	}
 	var summary string
 	err := k.do(func(r *reconcile.Reconciler) error {
 		res, err := r.Started(ctx, ev.App, ev.ProcessType, in)
@@ -139,7 +147,11 @@ func (k *kept) shape(ctx context.Context, ev containers.Event) (string, error) {
 		}
 		printResult(res)
 		// Both directions are in force from ShapedAt; the backstops follow.
-		summary = fmt.Sprintf("%d device(s) shaped (both directions by %s)", len(res.Shaped), res.ShapedAt.UTC().Format(time.RFC3339Nano))
+		// The parts of the window: the lock, the app's limits and the
+		// container's process (from its cgroup, or Docker's inspect), then
+		// the plan, then the attaches (the kernel's share, under RTNL).
+		summary = fmt.Sprintf("%d device(s) shaped (both directions by %s) [container and limits known +%.1fms (%s), attaching from +%.1fms]",
+			len(res.Shaped), res.ShapedAt.UTC().Format(time.RFC3339Nano), ms(res.InspectedAt.Sub(t0)), found, ms(res.AttachFrom.Sub(t0)))
 		if len(res.Wants) == 0 {
 			summary = "no network limit configured"
 		}
@@ -167,3 +179,5 @@ func reconcileApp(ctx context.Context, r *reconcile.Reconciler, app string) erro
 	}
 	return nil
 }
+
+func ms(d time.Duration) float64 { return float64(d) / 1e6 }

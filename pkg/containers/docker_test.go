@@ -581,3 +581,41 @@ loop:
 		t.Error("error channel not closed")
 	}
 }
+
+// The start event and the container's cgroup give what an inspect would: the
+// process (so the netns), the name and the Dokku labels.
+func TestDockerFromStartMatchesInspect(t *testing.T) {
+	c := newClient(t)
+	ctx := ctxT(t)
+	app := dockertest.AppName()
+	ectx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	evs, errs := c.Events(ectx)
+	id := deploy(t, c, app, "web", 1, nil)
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case e := <-evs:
+			if e.App != app || e.Action != containers.ActionStart {
+				continue
+			}
+			got, err := containers.FromStart(containers.CgroupRoot, e)
+			if err != nil {
+				t.Fatalf("FromStart: %v", err)
+			}
+			want, err := c.Inspect(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.ID != want.ID || got.Name != want.Name || got.App != want.App || got.Type != want.Type ||
+				got.ProcessType != want.ProcessType || got.Pid != want.Pid || !got.Running {
+				t.Fatalf("from the event and cgroup %+v\nfrom inspect %+v", got, want)
+			}
+			return
+		case err := <-errs:
+			t.Fatalf("events: %v", err)
+		case <-timeout:
+			t.Fatal("no start event within 20s")
+		}
+	}
+}

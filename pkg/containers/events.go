@@ -14,6 +14,7 @@ import (
 type Event struct {
 	App    string
 	ID     string // container ID
+	Name   string // container events: the container's name
 	Action string // ActionStart, ActionRestart, ActionDie, ActionDestroy, ActionConnect, ActionDisconnect
 	// ContainerType and ProcessType are the container's Dokku labels (TypeDeploy, "web", ...).
 	ContainerType string
@@ -147,7 +148,7 @@ func (c *Client) Events(ctx context.Context) (<-chan Event, <-chan error) {
 					continue
 				}
 				if !send(Event{
-					App: a[LabelApp], ID: m.Actor.ID, Action: string(m.Action),
+					App: a[LabelApp], ID: m.Actor.ID, Name: a["name"], Action: string(m.Action),
 					ContainerType: a[LabelContainerType], ProcessType: a[LabelProcessType],
 					Time: eventTime(m),
 				}) {

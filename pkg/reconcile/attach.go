@@ -30,6 +30,7 @@ const parallelAttaches = 4
 // clsact qdisc), so counting at a host veth's ingress (Monitor) also waits
 // for the second wave, unguarded.
 func (r *Reconciler) attach(ctx context.Context, planned []Shaped, res *Result) map[devID]string {
+	res.AttachFrom = time.Now()
 	var shapes, backstops, counts []Shaped
 	for _, p := range planned {
 		switch {

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/dokku-netshape/dokku-netshape/pkg/containers"
+	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
+	"github.com/dokku-netshape/dokku-netshape/pkg/veth"
 )
 
 // Inspector finds one container by ID (pkg/containers in production).
@@ -21,6 +24,19 @@ type Inspection struct {
 	done chan struct{}
 	c    containers.Container
 	err  error
+	// provisional: c was put together from the start event and the
+	// container's cgroup, not by Docker (containers.FromStart).
+	provisional bool
+}
+
+// Provisional is an answer already in hand about a started container that
+// Docker did not give (containers.FromStart). Started uses it only for a
+// network namespace nothing is recorded in yet, i.e. the container's own new
+// one; anything else (a netns shared with another container) is inspected.
+func Provisional(c containers.Container) *Inspection {
+	in := &Inspection{ID: c.ID, done: make(chan struct{}), c: c, provisional: true}
+	close(in.done)
+	return in
 }
 
 // StartInspect begins inspecting container id on its own goroutine.
@@ -75,6 +91,12 @@ func (r *Reconciler) Started(ctx context.Context, app, proc string, in *Inspecti
 		early, earlyErr = r.Wants(app, []string{proc})
 	}
 	c, err := in.wait(ctx)
+	if err == nil && in.provisional {
+		if c, err = r.confirm(ctx, c); err != nil {
+			return res, err
+		}
+	}
+	res.InspectedAt = time.Now()
 	switch {
 	case errors.Is(err, containers.ErrGone):
 		res.Unshaped = append(res.Unshaped, Unshaped{Container: in.ID, Cause: gone()})
@@ -103,4 +125,46 @@ func (r *Reconciler) Started(ctx context.Context, app, proc string, in *Inspecti
 	}
 	r.attach(ctx, r.plan(list, res.Wants, &res), &res)
 	return res, nil
+}
+
+// confirm takes a provisional container as it is when nothing is recorded
+// on its interfaces or their host-side peers, i.e. its netns is its own new
+// one, and otherwise asks Docker: a netns already shaped may be another
+// container's (--network container:X), perhaps of another app, and only
+// Docker knows whose. The check is a few key lookups, not a registry walk.
+func (r *Reconciler) confirm(ctx context.Context, c containers.Container) (containers.Container, error) {
+	if fresh, err := r.fresh(c.NetnsPath()); err != nil || fresh {
+		return c, err
+	}
+	insp, ok := r.Docker.(Inspector)
+	if !ok {
+		return c, errors.New("reconcile: Docker client cannot inspect containers")
+	}
+	return StartInspect(ctx, insp, c.ID).wait(ctx)
+}
+
+// fresh: nothing is recorded on the veths of the netns at path (false, not
+// an error, when they cannot be listed: Docker's view decides then).
+func (r *Reconciler) fresh(path string) (bool, error) {
+	if path == "" {
+		return false, nil
+	}
+	interfaces := r.Interfaces
+	if interfaces == nil {
+		interfaces = veth.Interfaces
+	}
+	pairs, err := interfaces(path)
+	if err != nil {
+		return false, nil
+	}
+	for _, p := range pairs {
+		rec, err := r.Shaper.Recorded(shaper.Device{Netns: path, Name: p.ContainerIf.Name}, p.ContainerIf.Index)
+		if err == nil && !rec && p.Peer == veth.PeerHost {
+			rec, err = r.Shaper.Recorded(shaper.Device{Name: p.HostIf.Name}, p.HostIf.Index)
+		}
+		if err != nil || rec {
+			return false, err
+		}
+	}
+	return true, nil
 }

@@ -119,3 +119,78 @@ func TestRootFqContainerShapesOneContainerAsAppWould(t *testing.T) {
 		t.Fatalf("attachments after App %v, want six", after)
 	}
 }
+
+// countingDocker counts the inspects it answers.
+type countingDocker struct {
+	inspectingDocker
+	inspects *int
+}
+
+func (f countingDocker) Inspect(ctx context.Context, id string) (containers.Container, error) {
+	*f.inspects++
+	return f.inspectingDocker.Inspect(ctx, id)
+}
+
+// A provisional start (the event and the cgroup, no inspect) is taken as it is
+// for a netns new to the registry, and checked with Docker when the netns is
+// already shaped: a container that joined another's netns (--network
+// container:X) must not move X's devices to its own app's budgets.
+func TestRootProvisionalStartIsCheckedWhenItsNetnsIsKnown(t *testing.T) {
+	nettest.RequireRoot(t)
+	f := dokkutest.NewFixture(t)
+	f.AddApp("shop", "web", 1)
+	f.AddApp("blog", "web", 1)
+	f.SetResource("shop", "", dokku.Limit, dokku.Network, "20mbit")
+	f.SetResource("blog", "", dokku.Limit, dokku.Network, "5mbit")
+	web, _ := fakeContainer(t, "shop", "web", 1, 33)
+	joiner := containers.Container{ID: "idjoiner", Name: "blog.web.1", App: "blog", Type: containers.TypeDeploy,
+		ProcessType: "web", Running: true, SandboxKey: web.SandboxKey, NetworkMode: "container:" + web.ID}
+	inspects := 0
+	docker := countingDocker{inspectingDocker{fakeDocker{"shop": {web}, "blog": {joiner}}}, &inspects}
+	r := &Reconciler{Env: f.Env, Docker: docker, Shaper: openShaper(t)}
+	ctx := context.Background()
+
+	// What the watcher knows from the start event and the cgroup: no network mode.
+	provisional := func(c containers.Container) containers.Container {
+		return containers.Container{ID: c.ID, Name: c.Name, App: c.App, Type: c.Type, ProcessType: c.ProcessType,
+			Running: true, SandboxKey: c.SandboxKey}
+	}
+	res, err := r.Started(ctx, "shop", "web", Provisional(provisional(web)))
+	if err != nil || res.Err() != nil || len(res.Shaped) != 3 {
+		t.Fatalf("Started(shop, provisional) = %+v, %v", res, err)
+	}
+	if inspects != 0 {
+		t.Fatalf("%d inspects for a netns new to the registry, want none", inspects)
+	}
+	res, err = r.Started(ctx, "blog", "web", Provisional(provisional(joiner)))
+	if err != nil || len(res.Shaped) != 0 || len(res.Unshaped) != 1 || res.Unshaped[0].Cause.Code != CodeSharedNetns {
+		t.Fatalf("Started(blog, provisional, shop's netns) = %+v, %v: want it inspected and skipped as sharing a netns", res, err)
+	}
+	if inspects != 1 {
+		t.Fatalf("%d inspects for a netns already shaped, want one", inspects)
+	}
+	atts, _ := r.Shaper.Attachments()
+	for _, a := range atts {
+		if !strings.HasPrefix(a.Budget, "shop/") {
+			t.Fatalf("attachment %+v: the joiner moved shop's device to another budget", a)
+		}
+	}
+	if len(atts) != 3 {
+		t.Fatalf("attachments %v, want shop's three", atts)
+	}
+
+	// Only the host-side peer recorded (an ingress-only app): still checked with Docker.
+	f.AddApp("wiki", "web", 1)
+	f.SetResource("wiki", "", dokku.Limit, dokku.NetworkIngress, "10mbit")
+	wiki, _ := fakeContainer(t, "wiki", "web", 1, 34)
+	joiner2 := joiner
+	joiner2.ID, joiner2.SandboxKey, joiner2.NetworkMode = "idjoiner2", wiki.SandboxKey, "container:"+wiki.ID
+	r.Docker = countingDocker{inspectingDocker{fakeDocker{"shop": {web}, "wiki": {wiki}, "blog": {joiner2}}}, &inspects}
+	if res, err := r.Started(ctx, "wiki", "web", Provisional(provisional(wiki))); err != nil || len(res.Shaped) != 1 || inspects != 1 {
+		t.Fatalf("Started(wiki, provisional) = %+v, %v, %d inspects: want its host peer shaped without one", res, err, inspects)
+	}
+	res, err = r.Started(ctx, "blog", "web", Provisional(provisional(joiner2)))
+	if err != nil || len(res.Shaped) != 0 || inspects != 2 {
+		t.Fatalf("Started(blog, provisional, wiki's netns) = %+v, %v, %d inspects: want it inspected and skipped", res, err, inspects)
+	}
+}

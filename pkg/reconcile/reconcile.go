@@ -138,6 +138,10 @@ type Result struct {
 	// ShapedAt is when both directions were attached everywhere this run
 	// could attach them; the egress backstops follow (see attach).
 	ShapedAt time.Time
+	// InspectedAt (Started only) is when Docker's answer about the started
+	// container was in hand, AttachFrom when the first attach began: with
+	// ShapedAt they split a start's unshaped window into its parts.
+	InspectedAt, AttachFrom time.Time
 	// Scheduler is set ("k3s") when the app's pods run in a cluster whose
 	// CNI enforces its limits (pkg/k3s): nothing is attached here for it.
 	Scheduler string

@@ -190,3 +190,19 @@ func deadIn(atts []Attachment) []Attachment {
 	}
 	return dead
 }
+
+// Recorded reports whether an attachment is recorded at any hook of the
+// interface with ifindex in dev's namespace (dev.Name is not looked up): a
+// constant-time check, whatever the size of the registry.
+func (s *Shaper) Recorded(dev Device, ifindex int) (bool, error) {
+	ino := nsIno(dev)
+	if ino == 0 {
+		return false, fmt.Errorf("device %s: %w", dev, ErrNoNetns)
+	}
+	for _, h := range hooks {
+		if _, ok, err := s.lookupDev(devKey{NetnsIno: ino, Ifindex: uint32(ifindex), Hook: h}); err != nil || ok {
+			return ok, err
+		}
+	}
+	return false, nil
+}

@@ -30,7 +30,7 @@ type ConfigSource interface {
 // Watcher turns Docker events and property changes into reconciles.
 //
 // A container start is shaped at once (Shape), so a new netns is never left
-// unshaped for a settle period. Everything else comes in bursts (a deploy
+// unshaped for a settle period, and its app reconciled after it settles. Everything else comes in bursts (a deploy
 // stops old containers, Dokku writes several keys), so an app is reconciled
 // once per quiet period after its last event: Settle for Docker events,
 // ConfigSettle for property writes, and never later than MaxDelay after the
@@ -161,9 +161,15 @@ func (w *Watcher) consume(ctx context.Context, events <-chan containers.Event, e
 				continue
 			}
 			if ev.Action == containers.ActionStart && ev.ID != "" {
+				// Shaped at once, and reconciled once the burst settles:
+				// the start path may have found the container from its
+				// event and cgroup alone, and the app's view comes from
+				// Docker (names, capabilities, the container it replaced).
+				why := whyDocker
 				if !w.shape(ctx, ev) {
-					due.add(ev.App, w.Settle, w.MaxDelay, whyRetry)
+					why = whyRetry
 				}
+				due.add(ev.App, w.Settle, w.MaxDelay, why)
 			} else {
 				due.add(ev.App, w.Settle, w.MaxDelay, whyDocker)
 			}

@@ -137,6 +137,23 @@ func TestWatcherShapesStartsWithoutSettleDelay(t *testing.T) {
 	}
 }
 
+// A start shaped at once is still reconciled with Docker's full view once the
+// burst settles (the start path may have had only the event and the cgroup).
+func TestWatcherReconcilesAfterAShapedStart(t *testing.T) {
+	src, rec := &fakeSource{}, newRecorder()
+	w := rec.watcher(src)
+	w.Settle = 30 * time.Millisecond
+	run(t, w)
+	ev, _ := firstStream(t, src)
+	ev <- containers.Event{App: "shop", ID: "c1", Action: containers.ActionStart, ContainerType: containers.TypeDeploy}
+	ev <- containers.Event{App: "shop", ID: "c2", Action: containers.ActionStart, ContainerType: containers.TypeDeploy}
+	waitFor(t, "the settled reconcile", func() bool { return rec.get("shop") == 1 })
+	time.Sleep(100 * time.Millisecond)
+	if n, shapes := rec.get("shop"), rec.shapes(); n != 1 || len(shapes) != 2 {
+		t.Fatalf("%d reconciles and shapes %v: want both starts shaped at once and one reconcile after them", n, shapes)
+	}
+}
+
 func TestWatcherCoalescesOtherEventsAndResyncsAfterReconnect(t *testing.T) {
 	src, rec := &fakeSource{}, newRecorder()
 	w := rec.watcher(src)

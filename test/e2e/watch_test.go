@@ -138,12 +138,13 @@ type startSample struct {
 	latency                 time.Duration // t1 - t0: the unshaped window
 	backstop                time.Duration // done - t0: until the backstop polices raw-socket egress too
 	shapeMs, evtMs          float64       // the watcher's own: work for this start; completion after Docker's event
+	inspectMs, attachFromMs float64       // ... and its parts: lock, limits and container known; the first attach began (after lock and plan)
 	startedAt, shaped, done time.Time
 }
 
-// shapeLine: `netshape watch: APP: start of ID: N device(s) shaped (both directions by TS) in Xms,
-// Yms after Docker's event (done TS)`.
-var shapeLine = regexp.MustCompile(`start of (\w+): (\d+) device\(s\) shaped \(both directions by (\S+)\) in ([\d.]+)ms, (-?[\d.]+)ms after Docker's event \(done (\S+)\)`)
+// shapeLine: `netshape watch: APP: start of ID: N device(s) shaped (both directions by TS)
+// [container and limits known +Ams (cgroup|inspect), attaching from +Bms] in Xms, Yms after Docker's event (done TS)`.
+var shapeLine = regexp.MustCompile(`start of (\w+): (\d+) device\(s\) shaped \(both directions by (\S+)\) \[container and limits known \+([\d.]+)ms \((\w+)\), attaching from \+([\d.]+)ms\] in ([\d.]+)ms, (-?[\d.]+)ms after Docker's event \(done (\S+)\)`)
 
 // shaped waits for the watcher's line about this start of id (after line index from), checks
 // the pinned registry really has both directions of the container's current veth, and
@@ -180,7 +181,7 @@ func (r *watchRig) shaped(id string, from int, kind string) startSample {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	done, err := time.Parse(time.RFC3339Nano, m[6])
+	done, err := time.Parse(time.RFC3339Nano, m[9])
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -195,8 +196,15 @@ func (r *watchRig) shaped(id string, from int, kind string) startSample {
 		r.t.Fatalf("%s start of %s: both directions at %s, after the watcher finished at %s", kind, b.Name, shapedAt, done)
 	}
 	s := startSample{kind: kind, latency: shapedAt.Sub(startedAt), backstop: done.Sub(startedAt), startedAt: startedAt, shaped: shapedAt, done: done}
-	s.shapeMs, _ = strconv.ParseFloat(m[4], 64)
-	s.evtMs, _ = strconv.ParseFloat(m[5], 64)
+	// The guest's dockerd puts containers where containers.FromStart looks: the start path
+	// must not have waited for an inspect.
+	if m[5] != "cgroup" {
+		r.t.Errorf("%s start of %s found by %s, want from its cgroup: %s", kind, b.Name, m[5], line)
+	}
+	s.inspectMs, _ = strconv.ParseFloat(m[4], 64)
+	s.attachFromMs, _ = strconv.ParseFloat(m[6], 64)
+	s.shapeMs, _ = strconv.ParseFloat(m[7], 64)
+	s.evtMs, _ = strconv.ParseFloat(m[8], 64)
 	return s
 }
 
@@ -259,8 +267,8 @@ func watchStarts(t *testing.T, n int, budget time.Duration, metric string) {
 				t.Fatalf("start %d: no settled reconcile after the old container went: %v", i, err)
 			}
 		}
-		t.Logf("start %d (%s): %.1f ms unshaped; docker start %.1fs, checks %.1fs, old container removed %.1fs, settled reconcile %.1fs",
-			i, s.kind, float64(s.latency)/1e6, tStarted.Sub(t0).Seconds(), tChecked.Sub(tStarted).Seconds(), t1.Sub(tChecked).Seconds(), time.Since(t1).Seconds())
+		t.Logf("start %d (%s): %.1f ms unshaped (watcher: container and limits known +%.1f ms, attaching from +%.1f, done +%.1f); docker start %.1fs, checks %.1fs, old container removed %.1fs, settled reconcile %.1fs",
+			i, s.kind, float64(s.latency)/1e6, s.inspectMs, s.attachFromMs, s.shapeMs, tStarted.Sub(t0).Seconds(), tChecked.Sub(tStarted).Seconds(), t1.Sub(tChecked).Seconds(), time.Since(t1).Seconds())
 	}
 	b, err := inspectBox(ctx, r.cli, live)
 	if err != nil {
@@ -278,8 +286,10 @@ func watchStarts(t *testing.T, n int, budget time.Duration, metric string) {
 		t.Fatalf("after %d starts: %v", len(samples), shapedErr)
 	}
 	lat := make([]float64, len(samples))
-	var shape, evt, back []float64
+	var shape, evt, back, insp, from []float64
 	for i, s := range samples {
+		insp = append(insp, s.inspectMs)
+		from = append(from, s.attachFromMs)
 		lat[i] = float64(s.latency) / 1e6
 		back = append(back, float64(s.backstop)/1e6)
 		shape = append(shape, s.shapeMs)
@@ -291,7 +301,11 @@ func watchStarts(t *testing.T, n int, budget time.Duration, metric string) {
 		"p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90), "p99_ms": pct(lat, 99), "max_ms": pct(lat, 100), "min_ms": slices.Min(lat),
 		"shape_work_p50_ms": pct(shape, 50), "shape_work_p99_ms": pct(shape, 99),
 		"after_event_p50_ms": pct(evt, 50), "after_event_p99_ms": pct(evt, 99),
+		"found_p50_ms": pct(insp, 50), "found_p99_ms": pct(insp, 99),
+		"attach_from_p50_ms": pct(from, 50), "attach_from_p99_ms": pct(from, 99),
 	}
+	t.Logf("parts, from the watcher's receipt of the event: container and limits known p50 %.1f / p99 %.1f ms; first attach began p50 %.1f / p99 %.1f ms",
+		pct(insp, 50), pct(insp, 99), pct(from, 50), pct(from, 99))
 	t.Logf("start → shaped over %d starts: p50 %.1f ms, p90 %.1f, p99 %.1f, max %.1f; → backstop too p50 %.1f, p99 %.1f (watcher's work p50 %.1f, p99 %.1f; after Docker's event p50 %.1f)",
 		len(samples), pct(lat, 50), pct(lat, 90), pct(lat, 99), pct(lat, 100), pct(back, 50), pct(back, 99), pct(shape, 50), pct(shape, 99), pct(evt, 50))
 	vmresult.Report(t, metric, fields)
