@@ -3,6 +3,7 @@ package shaper
 import (
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -24,12 +25,15 @@ func rootIsOurFq(ns *nsRef, l netlink.Link, dev Device) (bool, error) {
 		root, err := rootQdisc(ns, l, dev)
 		return err == nil && root != nil && isOurFq(root), err
 	}
-	// This process's own namespace is the host's (hostNetns): a request on a
-	// fresh socket of this thread goes there.
+	sock, err := hostSocket()
+	if err != nil {
+		return false, fmt.Errorf("device %s: read root qdisc: %w", dev, err)
+	}
 	req := nl.NewNetlinkRequest(unix.RTM_GETQDISC, unix.NLM_F_ACK)
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: sock}
 	req.AddData(&nl.TcMsg{Family: nl.FAMILY_ALL, Ifindex: int32(l.Attrs().Index), Handle: fqHandle, Parent: netlink.HANDLE_ROOT})
 	req.AddData(nl.NewRtAttr(nl.TCA_KIND, nl.ZeroTerminated("fq")))
-	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	_, err = req.Execute(unix.NETLINK_ROUTE, 0)
 	switch {
 	case err == nil:
 		return true, nil
@@ -56,3 +60,17 @@ func addOurFq(ns *nsRef, l netlink.Link, dev Device) (bool, error) {
 	}
 	return false, fmt.Errorf("device %s: install fq root qdisc: %w", dev, err)
 }
+
+// hostSocket is a route netlink socket in the host namespace (hostNetns) for
+// the requests netlink.Handle has no call for, opened once per process; the
+// library serialises requests on it.
+var hostSocket = sync.OnceValues(func() (*nl.SocketHandle, error) {
+	if hostNetnsErr != nil {
+		return nil, fmt.Errorf("host network namespace: %w", hostNetnsErr)
+	}
+	s, err := nl.GetNetlinkSocketAt(hostNetns, hostNetns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink socket in the host namespace: %w", err)
+	}
+	return &nl.SocketHandle{Socket: s}, nil
+})
