@@ -64,8 +64,8 @@ type Reconciler struct {
 	// or one run's removals undo another's counting.
 	Monitor bool
 
-	// prune is Shaper.PruneMatching unless a test counts it (see pruneApp).
-	prune func(match func(shaper.Attachment) bool) ([]shaper.Attachment, error)
+	// prune is Shaper.PruneWhere unless a test counts it (see pruneApp).
+	prune func(match func(budget string) bool) ([]shaper.Attachment, error)
 	// listed: the shaper's attachments as Status last read them, for the
 	// next Status of the same run (a report of every app reads them once,
 	// not once per app); App, which changes them, drops it.
@@ -290,14 +290,11 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 
 	// Remove what is attached for this app but no longer wanted, then
 	// budgets that nothing configures any more.
-	atts, err := r.Shaper.Attachments()
+	atts, err := r.Shaper.AttachmentsWhere(func(budget string) bool { return ownedBy(budget, app) })
 	if err != nil {
 		return res, err
 	}
 	for _, a := range atts {
-		if !ownedBy(a.Budget, app) {
-			continue
-		}
 		if _, ok := want[devID{a.NetnsIno, a.Ifindex, a.Hook}]; ok {
 			continue // attached (or moved to its new budget) above
 		}

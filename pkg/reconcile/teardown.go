@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"os"
 	"slices"
-
-	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
 )
 
 // Teardown has three callers, one implementation (removeBudgets): an app that
@@ -24,9 +22,9 @@ import (
 func (r *Reconciler) pruneApp(app string) error {
 	prune := r.prune
 	if prune == nil {
-		prune = r.Shaper.PruneMatching
+		prune = r.Shaper.PruneWhere
 	}
-	if _, err := prune(func(a shaper.Attachment) bool { return ownedBy(a.Budget, app) }); err != nil {
+	if _, err := prune(func(budget string) bool { return ownedBy(budget, app) }); err != nil {
 		return fmt.Errorf("forget devices of %s that vanished: %w", app, err)
 	}
 	return nil

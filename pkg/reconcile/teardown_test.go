@@ -322,7 +322,7 @@ func TestRootTeardown(t *testing.T) {
 // Each app's reconcile prunes the records of its own vanished devices only:
 // `apply APP` among many opens that app's namespaces, and `apply --all` opens
 // each attachment's once — not once per app. Counted with the real
-// PruneMatching behind a hook; with fq (the VM guests) the attachments are
+// PruneWhere behind a hook; with fq (the VM guests) the attachments are
 // real, three apps with two devices each. A vanished device of another app is
 // left to that app's reconcile.
 func TestRootPruneOnlyTheApp(t *testing.T) {
@@ -343,18 +343,18 @@ func TestRootPruneOnlyTheApp(t *testing.T) {
 	s := openShaper(t)
 	run := func(apps ...string) (prunes, opens int) {
 		r := &Reconciler{Env: f.Env, Docker: docker, Shaper: s}
-		r.prune = func(match func(shaper.Attachment) bool) ([]shaper.Attachment, error) {
+		r.prune = func(match func(string) bool) ([]shaper.Attachment, error) {
 			atts, err := s.Attachments()
 			if err != nil {
 				return nil, err
 			}
 			prunes++
 			for _, a := range atts {
-				if match(a) {
-					opens++ // PruneMatching checks each selected attachment's device once
+				if match(a.Budget) {
+					opens++ // PruneWhere checks each selected attachment's device once
 				}
 			}
-			return s.PruneMatching(match)
+			return s.PruneWhere(match)
 		}
 		for _, app := range apps {
 			res, err := r.App(ctx, app)

@@ -42,3 +42,56 @@ func TestRootBudgetIDHintsAreChecked(t *testing.T) {
 		t.Fatalf("BudgetNames = %q %v", names, err)
 	}
 }
+
+// AttachmentsWhere selects records by budget name, a record whose budget is
+// gone by "", and nil selects all, as Attachments does.
+func TestRootAttachmentsWhere(t *testing.T) {
+	s := openTestShaper(t)
+	for _, n := range []string{"a", "b"} {
+		if err := s.UpsertBudget(Budget{Name: n, Rate: 1e6}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put := func(ino uint64, budget uint32, dev string) {
+		v := devVal{Budget: budget}
+		v.setDevice(Device{Name: dev})
+		if err := s.devs.Put(devKey{NetnsIno: ino, Ifindex: 1}, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(1, budgetID(t, s, "a"), "deva")
+	put(2, budgetID(t, s, "b"), "devb")
+	put(3, 12345, "orphan") // its budget is gone
+	devices := func(match func(string) bool) []string {
+		t.Helper()
+		atts, err := s.AttachmentsWhere(match)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, a := range atts {
+			out = append(out, a.Budget+":"+a.Device.Name)
+		}
+		slices.Sort(out)
+		return out
+	}
+	for _, c := range []struct {
+		match func(string) bool
+		want  []string
+	}{
+		{func(n string) bool { return n == "a" }, []string{"a:deva"}},
+		{func(n string) bool { return n == "" }, []string{":orphan"}},
+		{nil, []string{":orphan", "a:deva", "b:devb"}},
+	} {
+		if got := devices(c.match); !slices.Equal(got, c.want) {
+			t.Errorf("got %q, want %q", got, c.want)
+		}
+	}
+	all, err := s.Attachments()
+	if err != nil || len(all) != 3 {
+		t.Fatalf("Attachments = %v %v", all, err)
+	}
+	for _, k := range []uint64{1, 2, 3} {
+		s.devs.Delete(devKey{NetnsIno: k, Ifindex: 1})
+	}
+}

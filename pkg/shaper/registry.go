@@ -74,12 +74,34 @@ func (s *Shaper) lookupDev(k devKey) (devVal, bool, error) {
 
 // Attachments lists every recorded attachment.
 func (s *Shaper) Attachments() ([]Attachment, error) {
+	return s.AttachmentsWhere(nil)
+}
+
+// AttachmentsWhere lists the recorded attachments whose budget name match
+// selects (nil: all). The others are skipped before they are decoded: one
+// app's among a thousand containers' costs a read of the registry, not three
+// thousand Attachments.
+func (s *Shaper) AttachmentsWhere(match func(budget string) bool) ([]Attachment, error) {
 	names, err := s.allNames()
 	if err != nil {
 		return nil, err
 	}
+	// Asked once per budget, not per record. A record whose budget is gone
+	// reads as budget "".
+	keep := map[uint32]bool{}
+	kept := func(id uint32) bool {
+		k, asked := keep[id]
+		if !asked {
+			k = match == nil || match(names[id])
+			keep[id] = k
+		}
+		return k
+	}
 	var out []Attachment
 	if err := eachEntry(s.devs, func(k devKey, v devVal) {
+		if !kept(v.Budget) {
+			return
+		}
 		out = append(out, Attachment{
 			Device:   Device{Netns: cstr(v.Netns[:]), Name: cstr(v.Name[:])},
 			Budget:   names[v.Budget],
@@ -100,13 +122,14 @@ func (s *Shaper) Attachments() ([]Attachment, error) {
 // container that stopped takes its devices, filters and TCX links with it;
 // only our record and pin remain). It returns what it forgot.
 func (s *Shaper) Prune() ([]Attachment, error) {
-	return s.PruneMatching(func(Attachment) bool { return true })
+	return s.PruneWhere(nil)
 }
 
-// PruneMatching is Prune for the attachments match selects: one app's, so
-// reconciling one app among a thousand does not open every namespace.
-func (s *Shaper) PruneMatching(match func(Attachment) bool) ([]Attachment, error) {
-	atts, err := s.Attachments()
+// PruneWhere is Prune for the attachments whose budget name match selects
+// (nil: all): one app's, so reconciling one app among a thousand does not
+// open every namespace.
+func (s *Shaper) PruneWhere(match func(budget string) bool) ([]Attachment, error) {
+	atts, err := s.AttachmentsWhere(match)
 	if err != nil {
 		return nil, err
 	}
@@ -114,9 +137,7 @@ func (s *Shaper) PruneMatching(match func(Attachment) bool) ([]Attachment, error
 	// host's holds two per container).
 	byNetns := map[string][]Attachment{}
 	for _, a := range atts {
-		if match(a) {
-			byNetns[a.Device.Netns] = append(byNetns[a.Device.Netns], a)
-		}
+		byNetns[a.Device.Netns] = append(byNetns[a.Device.Netns], a)
 	}
 	var pruned []Attachment
 	for _, group := range byNetns {
