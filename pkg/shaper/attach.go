@@ -367,14 +367,13 @@ func (s *Shaper) program(id uint32, budget string, hook Hook) (*ebpf.Program, er
 
 // load returns the named program's instance whose budget_id constant is id.
 func (s *Shaper) load(id uint32, budget, name string) (*ebpf.Program, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	k := progKey{id, name}
-	if p := s.progs[k]; p != nil {
+	defer s.lockProgram(k)()
+	if p := s.cachedProgram(k); p != nil {
 		return p, nil
 	}
 	if p := s.pinnedProgram(k); p != nil {
-		s.progs[k] = p
+		s.keepProgram(k, p)
 		return p, nil
 	}
 	spec := s.spec.Copy()
@@ -407,7 +406,7 @@ func (s *Shaper) load(id uint32, budget, name string) (*ebpf.Program, error) {
 	prog := coll.DetachProgram(name)
 	coll.Close()
 	s.pinProgram(k, prog)
-	s.progs[k] = prog
+	s.keepProgram(k, prog)
 	return prog, nil
 }
 

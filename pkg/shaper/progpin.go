@@ -27,6 +27,37 @@ import (
 // used: Open removes every pin whose tag is not this build's. RemoveBudget
 // removes a budget's pins (any tag), Destroy the whole directory.
 
+// lockProgram serialises the loading of one program instance, not of all:
+// the verifier is CPU work, and two budgets' programs can be verified at once
+// while the devices of one budget, attached together, still load its
+// instance once. It returns the unlock.
+func (s *Shaper) lockProgram(k progKey) func() {
+	s.mu.Lock()
+	if s.loading == nil {
+		s.loading = map[progKey]*sync.Mutex{}
+	}
+	m := s.loading[k]
+	if m == nil {
+		m = &sync.Mutex{}
+		s.loading[k] = m
+	}
+	s.mu.Unlock()
+	m.Lock()
+	return m.Unlock
+}
+
+func (s *Shaper) cachedProgram(k progKey) *ebpf.Program {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.progs[k]
+}
+
+func (s *Shaper) keepProgram(k progKey, p *ebpf.Program) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.progs[k] = p
+}
+
 // progsDir holds the pinned program instances, under the pin directory.
 const progsDir = "progs"
 
@@ -43,7 +74,7 @@ func (s *Shaper) progPin(k progKey) string {
 // pinnedProgram returns the pinned instance for k, or nil when there is none
 // this Shaper can use. One that does not use this Shaper's maps (they were
 // replaced after it was pinned) would shape against state nobody reads: it is
-// unpinned, and the caller loads a fresh one. Called with s.mu held.
+// unpinned, and the caller loads a fresh one.
 func (s *Shaper) pinnedProgram(k progKey) *ebpf.Program {
 	path := s.progPin(k)
 	p, err := ebpf.LoadPinnedProgram(path, nil)
@@ -60,7 +91,6 @@ func (s *Shaper) pinnedProgram(k progKey) *ebpf.Program {
 
 // pinProgram pins a freshly loaded instance for later processes. A failure
 // costs only a later verifier run, never an attachment: it is not an error.
-// Called with s.mu held.
 func (s *Shaper) pinProgram(k progKey, p *ebpf.Program) {
 	if err := os.MkdirAll(filepath.Join(s.pinDir, progsDir), 0o700); err != nil {
 		return
@@ -111,6 +141,8 @@ func (s *Shaper) usesOurMaps(p *ebpf.Program) bool {
 // ourMapIDs is the set of kernel ids of the datapath maps this Shaper holds
 // (every *ebpf.Map of the generated edtMaps), kept for its life.
 func (s *Shaper) ourMapIDs() (map[ebpf.MapID]bool, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.mapIDs != nil {
 		return s.mapIDs, true
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -220,5 +221,51 @@ func TestRootProgramPinWithOtherMapsIsNotUsed(t *testing.T) {
 	defer pinned.Close()
 	if progID(t, pinned) != progID(t, q) {
 		t.Fatal("the refused pin was not replaced by the second shaper's own instance")
+	}
+}
+
+// Devices of one budget attached at once load its instance once; two budgets'
+// instances load side by side.
+func TestRootConcurrentLoadsLoadEachOnce(t *testing.T) {
+	s := openTestShaper(t)
+	for _, n := range []string{"a", "b"} {
+		if err := s.UpsertBudget(Budget{Name: n, Rate: 1e6}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids := map[string]uint32{"a": budgetID(t, s, "a"), "b": budgetID(t, s, "b")}
+	got := make([]ebpf.ProgramID, 8)
+	errs := make(chan error, len(got))
+	var wg sync.WaitGroup
+	for i := range got {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := []string{"a", "b"}[i%2]
+			p, err := s.load(ids[n], n, progName)
+			if err != nil {
+				errs <- err
+				return
+			}
+			info, err := p.Info()
+			if err != nil {
+				errs <- err
+				return
+			}
+			got[i], _ = info.ID()
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for i := range got {
+		if got[i] != got[i%2] {
+			t.Fatalf("loads of one instance returned programs %d and %d", got[i%2], got[i])
+		}
+	}
+	if got[0] == got[1] {
+		t.Fatal("two budgets share one program instance")
 	}
 }

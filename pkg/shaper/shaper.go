@@ -52,10 +52,11 @@ type Shaper struct {
 	names  *ebpf.Map // budget id -> name
 	devs   *ebpf.Map // device (netns inode, ifindex) -> attachment
 
-	mu     sync.Mutex
-	progs  map[progKey]*ebpf.Program // one loaded program per budget id and hook
-	mapIDs map[ebpf.MapID]bool       // kernel ids of s.maps (progpin.go)
-	hints  idHints                   // budget name -> id, checked before use (names.go)
+	mu      sync.Mutex
+	progs   map[progKey]*ebpf.Program // one loaded program per budget id and hook
+	mapIDs  map[ebpf.MapID]bool       // kernel ids of s.maps (progpin.go)
+	loading map[progKey]*sync.Mutex   // one lock per program instance being loaded (progpin.go)
+	hints   idHints                   // budget name -> id, checked before use (names.go)
 }
 
 type progKey struct {
