@@ -11,10 +11,10 @@ import (
 	"strings"
 )
 
-// startProfile writes a CPU profile and an execution trace of this process into the
-// directory NETSHAPE_PROFILE_DIR names, one pair per process (named by its arguments and
-// pid), for finding where a command's time goes: `go build -tags pprof`. Production builds
-// have none of this (profile.go).
+// startProfile writes a CPU profile of this process into the directory NETSHAPE_PROFILE_DIR
+// names, one per process (named by its arguments and pid), and with NETSHAPE_PROFILE_TRACE=1
+// an execution trace beside it (where the time went blocked), for finding where a command's
+// time goes: `go build -tags pprof`. Production builds have none of this (profile.go).
 func startProfile() func() {
 	dir := os.Getenv("NETSHAPE_PROFILE_DIR")
 	if dir == "" {
@@ -27,18 +27,19 @@ func startProfile() func() {
 		fmt.Fprintln(os.Stderr, "profile:", err)
 		return func() {}
 	}
-	tr, err := os.Create(base + ".trace")
-	if err != nil {
-		cpu.Close()
-		fmt.Fprintln(os.Stderr, "profile:", err)
-		return func() {}
-	}
 	pprof.StartCPUProfile(cpu)
-	trace.Start(tr)
+	var tr *os.File
+	if os.Getenv("NETSHAPE_PROFILE_TRACE") == "1" {
+		if tr, err = os.Create(base + ".trace"); err == nil {
+			trace.Start(tr)
+		}
+	}
 	return func() {
-		trace.Stop()
+		if tr != nil {
+			trace.Stop()
+			tr.Close()
+		}
 		pprof.StopCPUProfile()
-		tr.Close()
 		cpu.Close()
 	}
 }
