@@ -64,8 +64,16 @@ type Reconciler struct {
 	// or one run's removals undo another's counting.
 	Monitor bool
 
-	// prune is Shaper.PruneWhere unless a test counts it (see pruneApp).
-	prune func(match func(budget string) bool) ([]shaper.Attachment, error)
+	// prune is Shaper.PruneAttachments unless a test counts it (see pruneApp).
+	prune func(atts []shaper.Attachment) ([]shaper.Attachment, error)
+	// apps counts the App calls of this run; from the second on, the
+	// registry is read once for every app (byApp, see appAttachments).
+	apps      int
+	byApp     map[string][]shaper.Attachment
+	byAppUsed map[string]bool
+	// recorded: attachments an Attach recorded although it failed (see
+	// record): App removes them like anything else not wanted.
+	recorded []shaper.Attachment
 	// listed: the shaper's attachments as Status last read them, for the
 	// next Status of the same run (a report of every app reads them once,
 	// not once per app); App, which changes them, drops it.
@@ -277,7 +285,12 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 			return res, err
 		}
 	}
-	if err := r.pruneApp(app); err != nil {
+	listed, err := r.appAttachments(app)
+	if err != nil {
+		return res, err
+	}
+	listed, err = r.pruneApp(app, listed)
+	if err != nil {
 		return res, err
 	}
 	for _, w := range res.Wants {
@@ -286,15 +299,14 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 		}
 	}
 
+	r.recorded = nil
 	want := r.attach(ctx, r.plan(list, res.Wants, &res), &res)
 
 	// Remove what is attached for this app but no longer wanted, then
-	// budgets that nothing configures any more.
-	atts, err := r.Shaper.AttachmentsWhere(func(budget string) bool { return ownedBy(budget, app) })
-	if err != nil {
-		return res, err
-	}
-	for _, a := range atts {
+	// budgets that nothing configures any more. The app's records are those
+	// listed before attaching and what this run recorded: under the lock
+	// nothing else adds any.
+	for _, a := range append(listed, r.recorded...) {
 		if _, ok := want[devID{a.NetnsIno, a.Ifindex, a.Hook}]; ok {
 			continue // attached (or moved to its new budget) above
 		}

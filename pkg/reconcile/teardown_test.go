@@ -322,7 +322,7 @@ func TestRootTeardown(t *testing.T) {
 // Each app's reconcile prunes the records of its own vanished devices only:
 // `apply APP` among many opens that app's namespaces, and `apply --all` opens
 // each attachment's once — not once per app. Counted with the real
-// PruneWhere behind a hook; with fq (the VM guests) the attachments are
+// PruneAttachments behind a hook; with fq (the VM guests) the attachments are
 // real, three apps with two devices each. A vanished device of another app is
 // left to that app's reconcile.
 func TestRootPruneOnlyTheApp(t *testing.T) {
@@ -343,18 +343,10 @@ func TestRootPruneOnlyTheApp(t *testing.T) {
 	s := openShaper(t)
 	run := func(apps ...string) (prunes, opens int) {
 		r := &Reconciler{Env: f.Env, Docker: docker, Shaper: s}
-		r.prune = func(match func(string) bool) ([]shaper.Attachment, error) {
-			atts, err := s.Attachments()
-			if err != nil {
-				return nil, err
-			}
+		r.prune = func(atts []shaper.Attachment) ([]shaper.Attachment, error) {
 			prunes++
-			for _, a := range atts {
-				if match(a.Budget) {
-					opens++ // PruneWhere checks each selected attachment's device once
-				}
-			}
-			return s.PruneWhere(match)
+			opens += len(atts) // PruneAttachments checks each listed attachment's device once
+			return s.PruneAttachments(atts)
 		}
 		for _, app := range apps {
 			res, err := r.App(ctx, app)
@@ -372,5 +364,65 @@ func TestRootPruneOnlyTheApp(t *testing.T) {
 	}
 	if prunes, opens := run(apps[1]); prunes != 1 || opens != 3 {
 		t.Fatalf("one app: %d prunes checking %d devices, want 1 and 3", prunes, opens)
+	}
+}
+
+// A run over several apps reads the registry once for all of them, and still
+// removes what an app no longer wants and keeps what others want: here app0
+// loses its ingress limit and app1's container stopped, in one run.
+func TestRootAllAppsRunRemovesWhatIsNoLongerWanted(t *testing.T) {
+	nettest.RequireRoot(t)
+	fq := nettest.HaveFq(t)
+	ctx := context.Background()
+	f := dokkutest.NewFixture(t)
+	docker := fakeDocker{}
+	apps := []string{"app0", "app1", "app2"}
+	for i, app := range apps {
+		f.AddApp(app, "web", 1)
+		f.SetResource(app, "", dokku.Limit, dokku.NetworkEgress, "10mbit")
+		f.SetResource(app, "", dokku.Limit, dokku.NetworkIngress, "20mbit")
+		c, _ := fakeContainer(t, app, "web", 1, 51+i)
+		docker[app] = []containers.Container{c}
+	}
+	s := openShaper(t)
+	run := func() map[string]int {
+		t.Helper()
+		r := &Reconciler{Env: f.Env, Docker: docker, Shaper: s}
+		for _, app := range apps {
+			res, err := r.App(ctx, app)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkEnforced(t, res, fq)
+		}
+		atts, err := s.Attachments()
+		if err != nil {
+			t.Fatal(err)
+		}
+		per := map[string]int{}
+		for _, a := range atts {
+			per[a.Budget]++
+		}
+		return per
+	}
+	eg := func(app string) string { return BudgetName(app, DefaultScope, Egress) }
+	in := func(app string) string { return BudgetName(app, DefaultScope, Ingress) }
+	per := run()
+	for _, app := range apps {
+		if per[eg(app)] != 2 || per[in(app)] != 1 {
+			t.Fatalf("first run: %v, want per app 2 egress (shaper, backstop) and 1 ingress", per)
+		}
+	}
+	f.SetResource("app0", "", dokku.Limit, dokku.NetworkIngress, "")
+	docker["app1"] = nil // stopped
+	per = run()
+	want := map[string]int{eg("app0"): 2, eg("app2"): 2, in("app2"): 1}
+	if len(per) != len(want) {
+		t.Fatalf("second run: %v, want %v", per, want)
+	}
+	for b, n := range want {
+		if per[b] != n {
+			t.Fatalf("second run: %v, want %v", per, want)
+		}
 	}
 }

@@ -95,3 +95,42 @@ func TestRootAttachmentsWhere(t *testing.T) {
 		s.devs.Delete(devKey{NetnsIno: k, Ifindex: 1})
 	}
 }
+
+// PruneAttachments acts on what was listed: a record whose device vanished is
+// forgotten, but one rewritten since it was listed (another budget under the
+// same key) is left alone.
+func TestRootPruneAttachmentsChecksTheRecord(t *testing.T) {
+	s := openTestShaper(t)
+	for _, n := range []string{"a", "b"} {
+		if err := s.UpsertBudget(Budget{Name: n, Rate: 1e6}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put := func(ino uint64, budget uint32) {
+		v := devVal{Budget: budget}
+		v.setDevice(Device{Netns: "/run/netns/netshape-test-gone", Name: "eth0"})
+		if err := s.devs.Put(devKey{NetnsIno: ino, Ifindex: 2}, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b := budgetID(t, s, "a"), budgetID(t, s, "b")
+	put(1, a)
+	put(2, a)
+	listed, err := s.AttachmentsWhere(func(n string) bool { return n == "a" })
+	if err != nil || len(listed) != 2 {
+		t.Fatalf("listed %v %v", listed, err)
+	}
+	put(2, b) // rewritten since
+	pruned, err := s.PruneAttachments(listed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pruned) != 1 || pruned[0].NetnsIno != 1 {
+		t.Fatalf("pruned %+v, want only the record still as listed", pruned)
+	}
+	left, err := s.Attachments()
+	if err != nil || len(left) != 1 || left[0].Budget != "b" {
+		t.Fatalf("left %+v %v, want b's record", left, err)
+	}
+	s.devs.Delete(devKey{NetnsIno: 2, Ifindex: 2})
+}

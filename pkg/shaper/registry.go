@@ -133,6 +133,14 @@ func (s *Shaper) PruneWhere(match func(budget string) bool) ([]Attachment, error
 	if err != nil {
 		return nil, err
 	}
+	return s.PruneAttachments(atts)
+}
+
+// PruneAttachments is Prune for atts, listed earlier by Attachments or
+// AttachmentsWhere. An attachment whose record has changed since (another
+// budget, another device under the same key) is left alone: it is not the
+// one that was listed.
+func (s *Shaper) PruneAttachments(atts []Attachment) ([]Attachment, error) {
 	// Each namespace is opened once, however many attachments it holds (the
 	// host's holds two per container).
 	byNetns := map[string][]Attachment{}
@@ -143,6 +151,11 @@ func (s *Shaper) PruneWhere(match func(budget string) bool) ([]Attachment, error
 	for _, group := range byNetns {
 		for _, a := range deadIn(group) {
 			k := devKey{NetnsIno: a.NetnsIno, Ifindex: uint32(a.Ifindex), Hook: a.Hook}
+			if v, ok, err := s.lookupDev(k); err != nil {
+				return pruned, err
+			} else if !ok || v.Budget != a.BudgetID || cstr(v.Netns[:]) != a.Device.Netns || cstr(v.Name[:]) != a.Device.Name {
+				continue
+			}
 			if l, err := link.LoadPinnedLink(s.linkPin(k), nil); err == nil {
 				l.Unpin()
 				l.Close()
