@@ -37,8 +37,10 @@ test-host:
 # resource property write → in force (TestVMBench* in test/e2e), and the soak at 1,000 events (test/faults).
 # A failed or missing VM run still writes BENCH.md, then fails. Then the peer comparison (bench-compare,
 # test/vm/vm.mk): BENCHMARKS.md, BENCHMARKS.json and docs/bench/*.png; BENCH_COMPARE_SET=ci for the small matrix.
+# test/scale's host run (BenchmarkScale): BENCH_SCALE_APPS apps of 4 containers.
+BENCH_SCALE_APPS ?= 250
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./pkg/... > bench.out || (cat bench.out; exit 1)
+	NETSHAPE_SCALE_APPS=$(BENCH_SCALE_APPS) $(GO) test -run '^$$' -bench . -benchmem ./pkg/... ./test/scale > bench.out || (cat bench.out; exit 1)
 	$(MAKE) vm-bench || echo "bench: a VM benchmark failed; see $(VM_BENCH_OUT)/console-*.log"
 	$(MAKE) bench-compare || echo "bench: the peer comparison failed a check or a run; see BENCHMARKS.md and $(BENCH_COMPARE_OUT)/*/console-*.log"
 	$(GO) run ./test/bench -out BENCH.md -vm $(VM_BENCH_OUT)/summary.json < bench.out

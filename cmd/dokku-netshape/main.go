@@ -23,7 +23,10 @@ var grantSide bool
 const exitNotImplemented = 10
 
 func main() {
-	os.Exit(run(os.Args))
+	stop := startProfile()
+	code := run(os.Args)
+	stop()
+	os.Exit(code)
 }
 
 func run(argv []string) int {

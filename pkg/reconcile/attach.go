@@ -99,6 +99,11 @@ func (r *Reconciler) attachAll(planned []Shaped) []attached {
 // record notes one outcome in res and want; true if the device is attached.
 func (r *Reconciler) record(ctx context.Context, o attached, res *Result, want map[devID]string) bool {
 	p := o.p
+	if o.err != nil && o.a.NetnsIno != 0 {
+		// Failed after recording the attachment (a step after the program
+		// swap): App removes it, as it is not wanted.
+		r.recorded = append(r.recorded, o.a)
+	}
 	if o.err != nil && p.Counted() {
 		// Nothing is limited here, so nothing fails open: say it, carry on.
 		res.Warnings = append(res.Warnings, fmt.Sprintf("%s %s %s: not counted: %v", p.Container, p.Interface, p.Direction, o.err))

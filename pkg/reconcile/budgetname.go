@@ -42,7 +42,9 @@ func (b BudgetRef) String() string {
 
 // OwnedBy reports whether the budget belongs to app, in either form.
 func (b BudgetRef) OwnedBy(app string) bool {
-	return b.App == app || b.App == hashed(app)
+	// Hash only a hashed name's app: this runs for every attachment of every
+	// app a run reconciles.
+	return b.App == app || (strings.HasPrefix(b.App, hashedPrefix) && b.App == hashed(app))
 }
 
 // BudgetName is the shaper budget of an app's scope and direction: the plain

@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/dokku-netshape/dokku-netshape/pkg/containers"
 	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
+	"github.com/dokku-netshape/dokku-netshape/pkg/veth"
 )
 
 // Inspector finds one container by ID (pkg/containers in production).
@@ -129,24 +127,44 @@ func (r *Reconciler) Started(ctx context.Context, app, proc string, in *Inspecti
 	return res, nil
 }
 
-// confirm takes a provisional container as it is when its netns is new to
-// the registry, and otherwise asks Docker: a netns already recorded belongs
-// to a container shaped before, perhaps of another app (--network
-// container:X), and only Docker knows whose it is.
+// confirm takes a provisional container as it is when nothing is recorded
+// on its interfaces or their host-side peers, i.e. its netns is its own new
+// one, and otherwise asks Docker: a netns already shaped may be another
+// container's (--network container:X), perhaps of another app, and only
+// Docker knows whose. The check is a few key lookups, not a registry walk.
 func (r *Reconciler) confirm(ctx context.Context, c containers.Container) (containers.Container, error) {
-	var st unix.Stat_t
-	if path := c.NetnsPath(); path != "" && unix.Stat(path, &st) == nil {
-		atts, err := r.Shaper.Attachments()
-		if err != nil {
-			return c, err
-		}
-		if !slices.ContainsFunc(atts, func(a shaper.Attachment) bool { return a.NetnsIno == st.Ino }) {
-			return c, nil
-		}
+	if fresh, err := r.fresh(c.NetnsPath()); err != nil || fresh {
+		return c, err
 	}
 	insp, ok := r.Docker.(Inspector)
 	if !ok {
 		return c, errors.New("reconcile: Docker client cannot inspect containers")
 	}
 	return StartInspect(ctx, insp, c.ID).wait(ctx)
+}
+
+// fresh: nothing is recorded on the veths of the netns at path (false, not
+// an error, when they cannot be listed: Docker's view decides then).
+func (r *Reconciler) fresh(path string) (bool, error) {
+	if path == "" {
+		return false, nil
+	}
+	interfaces := r.Interfaces
+	if interfaces == nil {
+		interfaces = veth.Interfaces
+	}
+	pairs, err := interfaces(path)
+	if err != nil {
+		return false, nil
+	}
+	for _, p := range pairs {
+		rec, err := r.Shaper.Recorded(shaper.Device{Netns: path, Name: p.ContainerIf.Name}, p.ContainerIf.Index)
+		if err == nil && !rec && p.Peer == veth.PeerHost {
+			rec, err = r.Shaper.Recorded(shaper.Device{Name: p.HostIf.Name}, p.HostIf.Index)
+		}
+		if err != nil || rec {
+			return false, err
+		}
+	}
+	return true, nil
 }

@@ -178,4 +178,19 @@ func TestRootProvisionalStartIsCheckedWhenItsNetnsIsKnown(t *testing.T) {
 	if len(atts) != 3 {
 		t.Fatalf("attachments %v, want shop's three", atts)
 	}
+
+	// Only the host-side peer recorded (an ingress-only app): still checked with Docker.
+	f.AddApp("wiki", "web", 1)
+	f.SetResource("wiki", "", dokku.Limit, dokku.NetworkIngress, "10mbit")
+	wiki, _ := fakeContainer(t, "wiki", "web", 1, 34)
+	joiner2 := joiner
+	joiner2.ID, joiner2.SandboxKey, joiner2.NetworkMode = "idjoiner2", wiki.SandboxKey, "container:"+wiki.ID
+	r.Docker = countingDocker{inspectingDocker{fakeDocker{"shop": {web}, "wiki": {wiki}, "blog": {joiner2}}}, &inspects}
+	if res, err := r.Started(ctx, "wiki", "web", Provisional(provisional(wiki))); err != nil || len(res.Shaped) != 1 || inspects != 1 {
+		t.Fatalf("Started(wiki, provisional) = %+v, %v, %d inspects: want its host peer shaped without one", res, err, inspects)
+	}
+	res, err = r.Started(ctx, "blog", "web", Provisional(provisional(joiner2)))
+	if err != nil || len(res.Shaped) != 0 || inspects != 2 {
+		t.Fatalf("Started(blog, provisional, wiki's netns) = %+v, %v, %d inspects: want it inspected and skipped", res, err, inspects)
+	}
 }

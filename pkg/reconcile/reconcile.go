@@ -64,10 +64,20 @@ type Reconciler struct {
 	// or one run's removals undo another's counting.
 	Monitor bool
 
-	// pruned: the shaper's records of vanished devices were pruned in this
-	// run (see pruneOnce); prune is Shaper.Prune unless a test counts it.
-	pruned bool
-	prune  func() ([]shaper.Attachment, error)
+	// prune is Shaper.PruneAttachments unless a test counts it (see pruneApp).
+	prune func(atts []shaper.Attachment) ([]shaper.Attachment, error)
+	// apps counts the App calls of this run; from the second on, the
+	// registry is read once for every app (byApp, see appAttachments).
+	apps      int
+	byApp     map[string][]shaper.Attachment
+	byAppUsed map[string]bool
+	// recorded: attachments an Attach recorded although it failed (see
+	// record): App removes them like anything else not wanted.
+	recorded []shaper.Attachment
+	// listed: the shaper's attachments as Status last read them, for the
+	// next Status of the same run (a report of every app reads them once,
+	// not once per app); App, which changes them, drops it.
+	listed []shaper.Attachment
 }
 
 // Want is one configured budget of an app.
@@ -259,6 +269,7 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 	if r.Shaper == nil {
 		return res, errors.New("reconcile: no shaper")
 	}
+	r.listed = nil
 	var list []containers.Container
 	var err error
 	if res.Scheduler, err = r.remote(app); err != nil {
@@ -274,7 +285,12 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 			return res, err
 		}
 	}
-	if err := r.pruneOnce(); err != nil {
+	listed, err := r.appAttachments(app)
+	if err != nil {
+		return res, err
+	}
+	listed, err = r.pruneApp(app, listed)
+	if err != nil {
 		return res, err
 	}
 	for _, w := range res.Wants {
@@ -283,18 +299,14 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 		}
 	}
 
+	r.recorded = nil
 	want := r.attach(ctx, r.plan(list, res.Wants, &res), &res)
 
 	// Remove what is attached for this app but no longer wanted, then
-	// budgets that nothing configures any more.
-	atts, err := r.Shaper.Attachments()
-	if err != nil {
-		return res, err
-	}
-	for _, a := range atts {
-		if !ownedBy(a.Budget, app) {
-			continue
-		}
+	// budgets that nothing configures any more. The app's records are those
+	// listed before attaching and what this run recorded: under the lock
+	// nothing else adds any.
+	for _, a := range append(listed, r.recorded...) {
 		if _, ok := want[devID{a.NetnsIno, a.Ifindex, a.Hook}]; ok {
 			continue // attached (or moved to its new budget) above
 		}
@@ -307,13 +319,13 @@ func (r *Reconciler) App(ctx context.Context, app string) (Result, error) {
 		}
 		res.Removed = append(res.Removed, a)
 	}
-	budgets, err := r.Shaper.Budgets()
+	names, err := r.Shaper.BudgetNames()
 	if err != nil {
 		return res, err
 	}
-	for _, b := range budgets {
-		if ownedBy(b.Name, app) && !slices.ContainsFunc(res.Wants, func(w Want) bool { return w.Budget.Name == b.Name }) {
-			if err := r.Shaper.RemoveBudget(b.Name); err != nil {
+	for _, name := range names {
+		if ownedBy(name, app) && !slices.ContainsFunc(res.Wants, func(w Want) bool { return w.Budget.Name == name }) {
+			if err := r.Shaper.RemoveBudget(name); err != nil {
 				return res, fmt.Errorf("%s: %w", app, err)
 			}
 		}
@@ -460,10 +472,12 @@ func (r *Reconciler) Status(ctx context.Context, app string) (Result, error) {
 		}
 		return res, nil
 	}
-	atts, err := r.Shaper.Attachments()
-	if err != nil {
-		return res, err
+	if r.listed == nil {
+		if r.listed, err = r.Shaper.Attachments(); err != nil {
+			return res, err
+		}
 	}
+	atts := r.listed
 	attachedAt := func(p Shaped) int {
 		return slices.IndexFunc(atts, func(a shaper.Attachment) bool {
 			return a.Device == p.Device && a.Budget == p.Budget && a.Hook == p.Hook &&

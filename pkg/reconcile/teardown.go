@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"slices"
+
+	"github.com/dokku-netshape/dokku-netshape/pkg/shaper"
 )
 
 // Teardown has three callers, one implementation (removeBudgets): an app that
@@ -13,23 +15,55 @@ import (
 // RemoveAll). Callers hold the reconcile lock, as for App: a reconcile of the
 // same app must not re-attach what is being removed.
 
-// pruneOnce forgets attachments whose namespace or device vanished, once per
-// run: it opens the namespace of every attachment, so per app it would cost
-// apps × attachments opens in `apply --all`. Devices that vanish later in the
-// run are pruned by Shaper.Detach when it meets them.
-func (r *Reconciler) pruneOnce() error {
-	if r.pruned {
-		return nil
+// appAttachments lists the app's attachments. A run of one app reads the
+// registry for them; from a run's second app on, the registry is read once
+// and split by app (apply --all read all of it for each app). Either list
+// may hold records changed since by an earlier app of the run: what acts on
+// them checks the record first (Shaper.PruneAttachments) or goes by the
+// device (Shaper.DetachHook).
+func (r *Reconciler) appAttachments(app string) ([]shaper.Attachment, error) {
+	r.apps++
+	if r.byApp == nil && r.apps > 1 {
+		all, err := r.Shaper.Attachments()
+		if err != nil {
+			return nil, err
+		}
+		r.byApp, r.byAppUsed = map[string][]shaper.Attachment{}, map[string]bool{}
+		for _, a := range all {
+			if ref, ok := ParseBudgetName(a.Budget); ok {
+				r.byApp[ref.App] = append(r.byApp[ref.App], a)
+			}
+		}
 	}
+	if r.byApp != nil && !r.byAppUsed[app] {
+		// Once per app: a second App of the same app in this run reads
+		// what the first changed.
+		r.byAppUsed[app] = true
+		return append(slices.Clone(r.byApp[app]), r.byApp[hashed(app)]...), nil
+	}
+	return r.Shaper.AttachmentsWhere(func(budget string) bool { return ownedBy(budget, app) })
+}
+
+// pruneApp forgets the app's attachments (listed) whose namespace or device
+// vanished, and returns the rest. Only the app's: each app's run prunes its
+// own, so `apply APP` among a thousand containers opens the namespaces of
+// that app's alone, and `apply --all` each once. Records left by deleted
+// apps go with their budgets (RemoveGone); devices that vanish later in the
+// run are pruned by Shaper.DetachHook when it meets them.
+func (r *Reconciler) pruneApp(app string, listed []shaper.Attachment) ([]shaper.Attachment, error) {
 	prune := r.prune
 	if prune == nil {
-		prune = r.Shaper.Prune
+		prune = r.Shaper.PruneAttachments
 	}
-	if _, err := prune(); err != nil {
-		return fmt.Errorf("forget devices that vanished: %w", err)
+	pruned, err := prune(listed)
+	if err != nil {
+		return nil, fmt.Errorf("forget devices of %s that vanished: %w", app, err)
 	}
-	r.pruned = true
-	return nil
+	gone := map[devID]bool{}
+	for _, a := range pruned {
+		gone[devID{a.NetnsIno, a.Ifindex, a.Hook}] = true
+	}
+	return slices.DeleteFunc(listed, func(a shaper.Attachment) bool { return gone[devID{a.NetnsIno, a.Ifindex, a.Hook}] }), nil
 }
 
 // Remove detaches and deletes every budget of an app (post-delete).
@@ -106,6 +140,7 @@ func (r *Reconciler) removeBudgets(match func(name string) bool) ([]string, erro
 	if r.Shaper == nil {
 		return nil, errors.New("reconcile: no shaper")
 	}
+	r.listed, r.byApp = nil, nil
 	budgets, err := r.Shaper.Budgets()
 	if err != nil {
 		return nil, err

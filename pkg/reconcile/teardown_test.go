@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -262,6 +263,21 @@ func TestRootTeardown(t *testing.T) {
 		if err := s.UpsertBudget(shaper.Budget{Name: name, Rate: 1e6}); err != nil {
 			t.Fatal(err)
 		}
+		// Its verified programs, pinned for later processes: they go with it.
+		if err := s.Preload(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	progPins := func() int {
+		t.Helper()
+		ents, err := os.ReadDir(filepath.Join(s.PinDir(), "progs"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	if n := progPins(); n != 2*8 {
+		t.Fatalf("%d pinned programs, want two per budget (16)", n)
 	}
 	r := &Reconciler{Env: f.Env, Shaper: s}
 	gone, err := r.RemoveGone()
@@ -277,11 +293,17 @@ func TestRootTeardown(t *testing.T) {
 	if got := budgetNames(t, s); !slices.Equal(got, kept) {
 		t.Fatalf("after RemoveGone: %q, want %q", got, kept)
 	}
+	if n := progPins(); n != 2*len(kept) {
+		t.Fatalf("%d pinned programs after RemoveGone, want the kept budgets' %d", n, 2*len(kept))
+	}
 	if err := r.Remove(longApp); err != nil {
 		t.Fatal(err)
 	}
 	if got := budgetNames(t, s); len(got) != 2 || !strings.HasPrefix(got[0], "shop/") || !strings.HasPrefix(got[1], "shop/") {
 		t.Fatalf("after Remove(long app): %q", got)
+	}
+	if n := progPins(); n != 4 {
+		t.Fatalf("%d pinned programs after Remove(long app), want shop's 4", n)
 	}
 	// A DOKKU_ROOT that is not there is an error, not "every app is gone".
 	r.Env.DokkuRoot = f.Path("missing")
@@ -297,12 +319,13 @@ func TestRootTeardown(t *testing.T) {
 	}
 }
 
-// apply --all reconciles every app in one run: the records of vanished
-// devices are pruned once, and the prune opens the namespace of each
-// attachment once — not once per app. Counted with the real Prune behind a
-// hook; with fq (the VM guests) the attachments are real, three apps with
-// two devices each.
-func TestRootPruneOncePerRun(t *testing.T) {
+// Each app's reconcile prunes the records of its own vanished devices only:
+// `apply APP` among many opens that app's namespaces, and `apply --all` opens
+// each attachment's once — not once per app. Counted with the real
+// PruneAttachments behind a hook; with fq (the VM guests) the attachments are
+// real, three apps with two devices each. A vanished device of another app is
+// left to that app's reconcile.
+func TestRootPruneOnlyTheApp(t *testing.T) {
 	nettest.RequireRoot(t)
 	fq := nettest.HaveFq(t)
 	ctx := context.Background()
@@ -318,16 +341,12 @@ func TestRootPruneOncePerRun(t *testing.T) {
 		docker[app] = []containers.Container{c}
 	}
 	s := openShaper(t)
-	run := func() (prunes, opens int) {
+	run := func(apps ...string) (prunes, opens int) {
 		r := &Reconciler{Env: f.Env, Docker: docker, Shaper: s}
-		r.prune = func() ([]shaper.Attachment, error) {
-			atts, err := s.Attachments()
-			if err != nil {
-				return nil, err
-			}
+		r.prune = func(atts []shaper.Attachment) ([]shaper.Attachment, error) {
 			prunes++
-			opens += len(atts) // Prune checks each attachment's namespace once
-			return s.Prune()
+			opens += len(atts) // PruneAttachments checks each listed attachment's device once
+			return s.PruneAttachments(atts)
 		}
 		for _, app := range apps {
 			res, err := r.App(ctx, app)
@@ -338,10 +357,72 @@ func TestRootPruneOncePerRun(t *testing.T) {
 		}
 		return prunes, opens
 	}
-	run() // attaches (degraded without fq)
-	prunes, opens := run()
-	wantOpens := 9 // 3 apps × (eth0, host peer's backstop, host peer)
-	if prunes != 1 || opens != wantOpens {
-		t.Fatalf("one run over %d apps: %d prunes opening %d namespaces, want 1 and %d", len(apps), prunes, opens, wantOpens)
+	run(apps...) // attaches (degraded without fq)
+	prunes, opens := run(apps...)
+	if want := 9; prunes != len(apps) || opens != want { // 3 apps × (eth0, host peer's backstop, host peer)
+		t.Fatalf("one run over %d apps: %d prunes checking %d devices, want %d and %d", len(apps), prunes, opens, len(apps), want)
+	}
+	if prunes, opens := run(apps[1]); prunes != 1 || opens != 3 {
+		t.Fatalf("one app: %d prunes checking %d devices, want 1 and 3", prunes, opens)
+	}
+}
+
+// A run over several apps reads the registry once for all of them, and still
+// removes what an app no longer wants and keeps what others want: here app0
+// loses its ingress limit and app1's container stopped, in one run.
+func TestRootAllAppsRunRemovesWhatIsNoLongerWanted(t *testing.T) {
+	nettest.RequireRoot(t)
+	fq := nettest.HaveFq(t)
+	ctx := context.Background()
+	f := dokkutest.NewFixture(t)
+	docker := fakeDocker{}
+	apps := []string{"app0", "app1", "app2"}
+	for i, app := range apps {
+		f.AddApp(app, "web", 1)
+		f.SetResource(app, "", dokku.Limit, dokku.NetworkEgress, "10mbit")
+		f.SetResource(app, "", dokku.Limit, dokku.NetworkIngress, "20mbit")
+		c, _ := fakeContainer(t, app, "web", 1, 51+i)
+		docker[app] = []containers.Container{c}
+	}
+	s := openShaper(t)
+	run := func() map[string]int {
+		t.Helper()
+		r := &Reconciler{Env: f.Env, Docker: docker, Shaper: s}
+		for _, app := range apps {
+			res, err := r.App(ctx, app)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkEnforced(t, res, fq)
+		}
+		atts, err := s.Attachments()
+		if err != nil {
+			t.Fatal(err)
+		}
+		per := map[string]int{}
+		for _, a := range atts {
+			per[a.Budget]++
+		}
+		return per
+	}
+	eg := func(app string) string { return BudgetName(app, DefaultScope, Egress) }
+	in := func(app string) string { return BudgetName(app, DefaultScope, Ingress) }
+	per := run()
+	for _, app := range apps {
+		if per[eg(app)] != 2 || per[in(app)] != 1 {
+			t.Fatalf("first run: %v, want per app 2 egress (shaper, backstop) and 1 ingress", per)
+		}
+	}
+	f.SetResource("app0", "", dokku.Limit, dokku.NetworkIngress, "")
+	docker["app1"] = nil // stopped
+	per = run()
+	want := map[string]int{eg("app0"): 2, eg("app2"): 2, in("app2"): 1}
+	if len(per) != len(want) {
+		t.Fatalf("second run: %v, want %v", per, want)
+	}
+	for b, n := range want {
+		if per[b] != n {
+			t.Fatalf("second run: %v, want %v", per, want)
+		}
 	}
 }

@@ -333,8 +333,8 @@ func (s *Shaper) Attach(dev Device, budget string, opts AttachOptions) (Attachme
 // the hook. Then Attach has nothing to do.
 func (s *Shaper) inPlace(ns *nsRef, l netlink.Link, k devKey, v devVal, dp Datapath) bool {
 	if k.Hook == HookShape {
-		root, err := rootQdisc(ns, l, Device{})
-		if err != nil || (root != nil && isOurFq(root)) != needsFq(k.Hook, dp) {
+		ours, err := rootIsOurFq(ns, l, Device{})
+		if err != nil || ours != needsFq(k.Hook, dp) {
 			return false
 		}
 	}
@@ -368,10 +368,13 @@ func (s *Shaper) program(id uint32, budget string, hook Hook) (*ebpf.Program, er
 
 // load returns the named program's instance whose budget_id constant is id.
 func (s *Shaper) load(id uint32, budget, name string) (*ebpf.Program, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	k := progKey{id, name}
-	if p := s.progs[k]; p != nil {
+	defer s.lockProgram(k)()
+	if p := s.cachedProgram(k); p != nil {
+		return p, nil
+	}
+	if p := s.pinnedProgram(k); p != nil {
+		s.keepProgram(k, p)
 		return p, nil
 	}
 	spec := s.spec.Copy()
@@ -403,13 +406,17 @@ func (s *Shaper) load(id uint32, budget, name string) (*ebpf.Program, error) {
 	}
 	prog := coll.DetachProgram(name)
 	coll.Close()
-	s.progs[k] = prog
+	s.pinProgram(k, prog)
+	s.keepProgram(k, prog)
 	return prog, nil
 }
 
 // ensureFq makes our fq the device's root qdisc. It reports whether it
 // installed one, so a failed attach can put the device back as it was.
 func ensureFq(ns *nsRef, l netlink.Link, dev Device, force bool) (bool, error) {
+	if added, err := addOurFq(ns, l, dev); added || err != nil {
+		return added, err
+	}
 	root, err := rootQdisc(ns, l, dev)
 	if err != nil {
 		return false, err
@@ -441,14 +448,12 @@ func isOurFq(q netlink.Qdisc) bool { return q.Type() == "fq" && q.Attrs().Handle
 
 // removeOurFq deletes our fq if it is the device's root qdisc.
 func removeOurFq(ns *nsRef, l netlink.Link, dev Device) error {
-	root, err := rootQdisc(ns, l, dev)
-	if err != nil {
+	ours, err := rootIsOurFq(ns, l, dev)
+	if err != nil || !ours {
 		return err
 	}
-	if root != nil && isOurFq(root) {
-		if err := ns.nl.QdiscDel(root); err != nil && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("device %s: remove fq root qdisc: %w", dev, err)
-		}
+	if err := ns.nl.QdiscDel(ourFq(l)); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("device %s: remove fq root qdisc: %w", dev, err)
 	}
 	return nil
 }

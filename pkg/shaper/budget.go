@@ -299,17 +299,12 @@ func (s *Shaper) RemoveBudget(name string) error {
 	if err := s.resetSlot(id); err != nil {
 		return fmt.Errorf("remove budget %q: %w", name, err)
 	}
+	if err := s.dropPrograms(id); err != nil {
+		return fmt.Errorf("remove budget %q: %w", name, err)
+	}
 	if err := s.names.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("remove budget %q: free its slot: %w", name, err)
 	}
-	s.mu.Lock()
-	for k, p := range s.progs {
-		if k.id == id {
-			p.Close()
-			delete(s.progs, k)
-		}
-	}
-	s.mu.Unlock()
 	return nil
 }
 
@@ -452,6 +447,9 @@ func (s *Shaper) status(id uint32, name string) (BudgetStatus, error) {
 // lookupID finds the id of a named budget. The names map is small (at most
 // maxBudgets entries) and only read on the control path, so a scan is fine.
 func (s *Shaper) lookupID(name string) (uint32, bool, error) {
+	if id, ok := s.hintedID(name); ok {
+		return id, true, nil
+	}
 	names, err := s.allNames()
 	if err != nil {
 		return 0, false, err
@@ -466,15 +464,12 @@ func (s *Shaper) lookupID(name string) (uint32, bool, error) {
 
 func (s *Shaper) allNames() (map[uint32]string, error) {
 	out := map[uint32]string{}
-	var id uint32
-	var raw [maxNameLen + 1]byte
-	it := s.names.Iterate()
-	for it.Next(&id, &raw) {
+	if err := eachEntry(s.names, func(id uint32, raw [maxNameLen + 1]byte) {
 		out[id] = string(bytes.TrimRight(raw[:], "\x00"))
-	}
-	if err := it.Err(); err != nil {
+	}); err != nil {
 		return nil, fmt.Errorf("list budgets: %w", err)
 	}
+	s.hints.remember(out)
 	return out, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -35,6 +36,8 @@ type nsRef struct {
 	ino  uint64
 	ns   netns.NsHandle
 	nl   *netlink.Handle
+	// shared: the process's host namespace reference (hostRef), never closed.
+	shared bool
 }
 
 // hostNetns is the namespace this process started in, captured before any
@@ -42,15 +45,42 @@ type nsRef struct {
 // which netlink.NewHandleAt may briefly move into another namespace.
 var hostNetns, hostNetnsErr = netns.Get()
 
+// hostPath is the nsRef path of this process's own namespace.
+const hostPath = "host"
+
 func (d Device) nsPath() string {
 	if d.Netns == "" {
-		return "host"
+		return hostPath
 	}
 	return d.Netns
 }
 
-// openNetns opens the device's namespace without entering it.
+// openNetns opens the device's namespace without entering it. The host's is
+// opened once per process and shared (hostRef): it holds a veth per container.
 func openNetns(d Device) (*nsRef, error) {
+	if d.Netns == "" {
+		ref, err := hostRef()
+		if err != nil {
+			return nil, fmt.Errorf("device %s: %w", d, err)
+		}
+		return ref, nil
+	}
+	return dialNetns(d)
+}
+
+// hostRef is this process's own namespace, opened on first use and kept:
+// netlink handles are safe for concurrent use, and opening one per device
+// cost a namespace switch and a socket each time.
+var hostRef = sync.OnceValues(func() (*nsRef, error) {
+	ref, err := dialNetns(Device{})
+	if err != nil {
+		return nil, err
+	}
+	ref.shared = true
+	return ref, nil
+})
+
+func dialNetns(d Device) (*nsRef, error) {
 	path := d.nsPath()
 	var ns netns.NsHandle
 	var err error
@@ -76,7 +106,9 @@ func openNetns(d Device) (*nsRef, error) {
 		ns.Close()
 		return nil, fmt.Errorf("device %s: stat network namespace: %w", d, err)
 	}
-	h, err := netlink.NewHandleAt(ns)
+	// Route netlink only (links, qdiscs, filters): a handle opens a socket
+	// per family it is given, each by entering the namespace.
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		ns.Close()
 		return nil, fmt.Errorf("device %s: netlink in its namespace: %w", d, err)
@@ -85,6 +117,9 @@ func openNetns(d Device) (*nsRef, error) {
 }
 
 func (r *nsRef) close() {
+	if r.shared {
+		return
+	}
 	r.nl.Close()
 	r.ns.Close()
 }

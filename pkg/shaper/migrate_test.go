@@ -257,7 +257,7 @@ func TestRootMigrateFromHashLayout(t *testing.T) {
 	for _, e := range ents {
 		left = append(left, e.Name())
 	}
-	want := []string{"links", "netshape_cfg", "netshape_devs", "netshape_flows", "netshape_names", "netshape_pcfg", "netshape_pstate", "netshape_pstats", "netshape_state", "netshape_stats"}
+	want := []string{"links", "netshape_cfg", "netshape_devs", "netshape_flows", "netshape_names", "netshape_pcfg", "netshape_pstate", "netshape_pstats", "netshape_state", "netshape_stats", "progs"}
 	if !slices.Equal(left, want) {
 		t.Errorf("pins after migration: %v, want %v", left, want)
 	}

@@ -52,8 +52,11 @@ type Shaper struct {
 	names  *ebpf.Map // budget id -> name
 	devs   *ebpf.Map // device (netns inode, ifindex) -> attachment
 
-	mu    sync.Mutex
-	progs map[progKey]*ebpf.Program // one loaded program per budget id and hook
+	mu      sync.Mutex
+	progs   map[progKey]*ebpf.Program // one loaded program per budget id and hook
+	mapIDs  map[ebpf.MapID]bool       // kernel ids of s.maps (progpin.go)
+	loading map[progKey]*sync.Mutex   // one lock per program instance being loaded (progpin.go)
+	hints   idHints                   // budget name -> id, checked before use (names.go)
 }
 
 type progKey struct {
@@ -101,6 +104,9 @@ func Open(opts Options) (*Shaper, error) {
 		s.Close()
 		return nil, fmt.Errorf("%w (devices attached before keep their old programs and limits)", err)
 	}
+	// Best effort: a stale instance is never used (its name says which build
+	// made it), only kept until the next Open or Destroy.
+	s.removeStalePrograms()
 	return s, nil
 }
 

@@ -21,7 +21,7 @@ import (
 type target struct {
 	bench  string  // benchmark name without the -GOMAXPROCS suffix
 	metric string  // unit as go test prints it
-	max    float64 // pass when measured <= max
+	max    float64 // pass when measured <= max; 0: reported, no target
 	why    string
 }
 
@@ -37,6 +37,13 @@ var targets = []target{
 	{"BenchmarkRateChange", "ns/op", 1e6, "a live rate change is one map write: well under a millisecond"},
 	{"BenchmarkRateChange", "allocs/op", 64, "control plane stays allocation-light"},
 	{"BenchmarkParse", "ns/op", 5000, "rate parsing is on every CLI call and report"},
+	{"BenchmarkScale", "containers", 0, "test/scale on the host (real hardware, no TCG): namespaces with a veth each, served to the real CLI as Dokku deploy containers (BENCH_SCALE_APPS × 4); without sch_fq on the host kernel every shaping attachment is the no-fq policer"},
+	{"BenchmarkScale", "apply-all-s", 10, "`apply --all` on nothing attached: every container shaped both ways with its backstop (three TCX attaches each, one RCU grace period apiece under the RTNL lock)"},
+	{"BenchmarkScale", "apply-app-ms", 100, "`apply APP` (4 containers) among all the others, everything already in place"},
+	{"BenchmarkScale", "apply-all-again-s", 0, "`apply --all` again, nothing to change"},
+	{"BenchmarkScale", "report-s", 0, "`report --format json` of every app"},
+	{"BenchmarkScale", "apply-all-rss-MiB", 0, "peak RSS of the first `apply --all`"},
+	{"BenchmarkScale", "report-rss-MiB", 0, "peak RSS of `report`"},
 }
 
 // vmTarget is a field of a NETSHAPE-RESULT object a VM benchmark reported.
@@ -134,8 +141,14 @@ func main() {
 	fmt.Fprintf(&b, "# Benchmarks\n\nWritten by `make bench` on %s. Targets are in test/bench/main.go.\n\n", time.Now().UTC().Format(time.RFC3339))
 	b.WriteString("| benchmark | metric | measured | target | |\n|---|---|---|---|---|\n")
 	failed := 0
+	targetsChecked := 0
 	for _, t := range targets {
 		v, ok := results[t.bench][t.metric]
+		if t.max == 0 { // reported, no target
+			fmt.Fprintf(&b, "| %s | %s | %s | — | %s |\n", t.bench, t.metric, num(v, ok), t.why)
+			continue
+		}
+		targetsChecked++
 		status := "PASS"
 		switch {
 		case !ok:
@@ -145,7 +158,6 @@ func main() {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %g | ≤ %g | %s — %s |\n", t.bench, t.metric, v, t.max, status, t.why)
 	}
-	targetsChecked := len(targets)
 	if *vm != "" {
 		res, err := vmResults(*vm)
 		if err != nil {
