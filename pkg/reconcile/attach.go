@@ -69,16 +69,18 @@ type attached struct {
 }
 
 // attachAll attaches planned (each device at most once) in parallel and
-// returns the outcomes in planned's order.
+// returns the outcomes in planned's order. Attaches start in planned's order
+// (a slot is taken before the goroutine starts), so a run's progress is
+// predictable: the devices of the first containers by name come first.
 func (r *Reconciler) attachAll(planned []Shaped) []attached {
 	out := make([]attached, len(planned))
 	slots := make(chan struct{}, parallelAttaches)
 	var wg sync.WaitGroup
 	for i, p := range planned {
 		wg.Add(1)
+		slots <- struct{}{}
 		go func() {
 			defer wg.Done()
-			slots <- struct{}{}
 			defer func() { <-slots }()
 			opts := shaper.AttachOptions{Force: r.Force, Hook: p.Hook}
 			a, err := r.Shaper.Attach(p.Device, p.Budget, opts)

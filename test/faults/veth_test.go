@@ -53,7 +53,8 @@ func TestVMFaultVethDeletedMidApply(t *testing.T) {
 	}
 
 	// At the first recorded attachment, delete the veth of a container apply has not reached:
-	// the last by name with nothing recorded (apply lists, then attaches, in name order).
+	// the last by name with nothing recorded (apply lists, then starts its attaches in name order, a few
+	// at a time: pkg/reconcile attachAll).
 	p := r.start("apply", app)
 	var atDel int
 	vi := -1
