@@ -141,6 +141,7 @@ func (k *kept) shape(ctx context.Context, ev containers.Event) (string, error) {
 	}
 	var summary string
 	err := k.do(func(r *reconcile.Reconciler) error {
+		locked := time.Now()
 		res, err := r.Started(ctx, ev.App, ev.ProcessType, in)
 		if err != nil {
 			return err
@@ -150,8 +151,8 @@ func (k *kept) shape(ctx context.Context, ev containers.Event) (string, error) {
 		// The parts of the window: the lock, the app's limits and the
 		// container's process (from its cgroup, or Docker's inspect), then
 		// the plan, then the attaches (the kernel's share, under RTNL).
-		summary = fmt.Sprintf("%d device(s) shaped (both directions by %s) [container and limits known +%.1fms (%s), attaching from +%.1fms]",
-			len(res.Shaped), res.ShapedAt.UTC().Format(time.RFC3339Nano), ms(res.InspectedAt.Sub(t0)), found, ms(res.AttachFrom.Sub(t0)))
+		summary = fmt.Sprintf("%d device(s) shaped (both directions by %s) [locked +%.1fms, container and limits known +%.1fms (%s), attaching from +%.1fms]",
+			len(res.Shaped), res.ShapedAt.UTC().Format(time.RFC3339Nano), ms(locked.Sub(t0)), ms(res.InspectedAt.Sub(t0)), found, ms(res.AttachFrom.Sub(t0)))
 		if len(res.Wants) == 0 {
 			summary = "no network limit configured"
 		}

@@ -21,6 +21,9 @@ const DefaultLockPath = "/run/netshape.lock"
 // means something is stuck: better a clear error than a deploy that hangs.
 const DefaultLockTimeout = 2 * time.Minute
 
+// lockPollMax is the longest step between two tries of a held lock.
+const lockPollMax = 5 * time.Millisecond
+
 // ErrLockTimeout means the lock stayed held for the whole wait.
 var ErrLockTimeout = errors.New("timed out waiting for the reconcile lock")
 
@@ -41,7 +44,11 @@ func LockWait(path string, wait time.Duration) (func(), error) {
 		return nil, fmt.Errorf("open lock %s: %w", path, err)
 	}
 	deadline := time.Now().Add(wait)
-	for delay := 5 * time.Millisecond; ; delay = min(2*delay, 200*time.Millisecond) {
+	// Polled, so the wait stays bounded; in short steps, because a waiter
+	// that sleeps past the holder's release is time a started container
+	// runs unshaped (a 200 ms step cost the watcher's start path up to
+	// 150 ms behind a whole-app reconcile). A flock call is cheap.
+	for delay := time.Millisecond; ; delay = min(2*delay, lockPollMax) {
 		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
 		if err == nil {
 			break
