@@ -149,11 +149,7 @@ func (r *Reconciler) fresh(path string) (bool, error) {
 	if path == "" {
 		return false, nil
 	}
-	interfaces := r.Interfaces
-	if interfaces == nil {
-		interfaces = veth.Interfaces
-	}
-	pairs, err := interfaces(path)
+	pairs, err := r.interfaces(path)
 	if err != nil {
 		return false, nil
 	}

@@ -146,8 +146,8 @@ type Result struct {
 	// ShapedAt is when both directions were attached everywhere this run
 	// could attach them; the egress backstops follow (see attach).
 	ShapedAt time.Time
-	// InspectedAt (Started only) is when Docker's answer about the started
-	// container was in hand, AttachFrom when the first attach began: with
+	// InspectedAt (Started only) is when the started container was known
+	// (from its cgroup, or Docker's answer), AttachFrom when the first attach began: with
 	// ShapedAt they split a start's unshaped window into its parts.
 	InspectedAt, AttachFrom time.Time
 	// Scheduler is set ("k3s") when the app's pods run in a cluster whose
@@ -374,11 +374,7 @@ func (r *Reconciler) planContainer(c containers.Container, wants []Want, res *Re
 	if path == "" {
 		return skip(notRunning(), nil)
 	}
-	interfaces := r.Interfaces
-	if interfaces == nil {
-		interfaces = veth.Interfaces
-	}
-	pairs, err := interfaces(path)
+	pairs, err := r.interfaces(path)
 	switch {
 	case errors.Is(err, veth.ErrHostNetwork):
 		return skip(hostNetwork(res.App), nil)
@@ -566,4 +562,13 @@ func processTypes(list []containers.Container) []string {
 	}
 	slices.Sort(procs)
 	return procs
+}
+
+// interfaces lists the veths of the netns at path (r.Interfaces, if a test
+// set one).
+func (r *Reconciler) interfaces(path string) ([]veth.Pair, error) {
+	if r.Interfaces != nil {
+		return r.Interfaces(path)
+	}
+	return veth.Interfaces(path)
 }
