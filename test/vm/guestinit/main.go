@@ -193,7 +193,11 @@ func setupNewRoot(spec *vmspec.Spec) error {
 	if err := os.WriteFile("/etc/hostname", []byte("netshape-vm\n"), 0o644); err != nil {
 		return fmt.Errorf("write /etc/hostname: %w", err)
 	}
-	return linkUp("lo")
+	if err := linkUp("lo"); err != nil {
+		return err
+	}
+	holdTCKeys()
+	return nil
 }
 
 func linkUp(name string) error {
