@@ -39,9 +39,10 @@ import (
 // the old programs go on enforcing, the caller says so.
 //
 // Readers open the shaper without the reconcile lock (report, metrics, top),
-// so two processes may meet one old layout at once: while a migration is
-// pending, Open holds an flock on the pin directory from stashV1 until
-// migrateV1 is done, and checks again once it has it.
+// so two processes may meet one old layout (or a fresh directory) at once:
+// while a migration is pending or the maps are not all pinned, Open holds an
+// flock on the pin directory from stashV1 until it is done, and checks again
+// once it has it.
 
 const (
 	// stashDir holds the v1 pins during a migration.
@@ -57,13 +58,20 @@ var v1Maps = []string{"netshape_names", "netshape_state", "netshape_stats", "net
 	"netshape_pcfg", "netshape_pstate", "netshape_pstats", "netshape_cfg"}
 
 // stashV1 moves the pins of a v1 layout in dir out of the way of the new
-// maps. While a migration is pending it returns holding the directory's
-// lock; the caller releases it (unlock) once migrateV1 has run.
+// maps. While a migration is pending, or the directory's maps are not all
+// pinned yet, it returns holding the directory's lock; the caller releases
+// it (unlock) once it has loaded the maps and migrateV1 has run.
 func stashV1(dir string) (unlock func(), err error) {
 	unlock = func() {}
 	pending, err := v1Pending(dir)
-	if err != nil || !pending {
+	if err != nil {
 		return unlock, err
+	}
+	// A directory without the registry (created last) is fresh or half
+	// made: its creators take turns too, or two of them pinning one map
+	// meet with "file exists". Once complete, opens take no lock.
+	if _, err := os.Stat(filepath.Join(dir, devsSpec().Name)); !pending && err == nil {
+		return unlock, nil
 	}
 	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {

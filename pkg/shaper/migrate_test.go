@@ -3,6 +3,7 @@ package shaper
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -381,5 +382,45 @@ func TestRootMigrateConcurrentOpens(t *testing.T) {
 	}
 	if st, err := s.Budget(b.Name); err != nil || st.Rate != b.Rate {
 		t.Fatalf("budget after concurrent migrations: %+v %v", st, err)
+	}
+}
+
+// TestRootConcurrentOpensOnAFreshDirectory: the watcher, the CLI and a
+// report may all open the shaper for the first time at once (first install).
+// Two creators of one pin used to meet with "pin map: file exists".
+func TestRootConcurrentOpensOnAFreshDirectory(t *testing.T) {
+	nettest.RequireRoot(t)
+	for round := range 5 {
+		dir := fmt.Sprintf("/sys/fs/bpf/netshape-test-%s-%d", nettest.Suffix(), round)
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		const opens = 6
+		errs := make(chan error, opens)
+		start := make(chan struct{})
+		for range opens {
+			go func() {
+				<-start
+				s, err := Open(Options{PinDir: dir})
+				if err == nil {
+					err = s.UpsertBudget(Budget{Name: "fresh/_default_/egress", Rate: 1_000_000})
+					s.Close()
+				}
+				errs <- err
+			}()
+		}
+		close(start)
+		for range opens {
+			if err := <-errs; err != nil {
+				t.Errorf("round %d: concurrent first open: %v", round, err)
+			}
+		}
+		s, err := Open(Options{PinDir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		names, err := s.allNames()
+		s.Close()
+		if err != nil || len(names) != 1 {
+			t.Fatalf("round %d: names after concurrent first opens: %v %v; want the one budget once", round, names, err)
+		}
 	}
 }
