@@ -30,7 +30,7 @@ const (
 	// A root qdisc with any other non-zero handle belongs to someone else.
 	fqHandle = 0x4e53 << 16
 
-	// legacyPrio is the cls_bpf priority we use on kernels without TCX.
+	// legacyPrio is the cls_bpf priority of our filters.
 	legacyPrio = 0x4e53
 
 	// fq limits: our own horizon bounds each budget's backlog, so fq's
@@ -48,8 +48,8 @@ const (
 type Mode uint8
 
 const (
-	ModeTCX    Mode = 1 // BPF link at TCX egress, pinned (kernel >= 6.6)
-	ModeLegacy Mode = 2 // clsact qdisc + cls_bpf direct-action filter
+	ModeTCX    Mode = 1 // BPF link at TCX, pinned (kernel >= 6.6; Options.TCX or other TCX users)
+	ModeLegacy Mode = 2 // clsact qdisc + cls_bpf direct-action filter (the default)
 )
 
 func (m Mode) String() string {
@@ -301,7 +301,11 @@ func (s *Shaper) Attach(dev Device, budget string, opts AttachOptions) (Attachme
 	}
 	val.setDevice(dev)
 
-	mode, createdClsact, err := s.attachProg(ns, l, key, prog, progFor(hook, dp), dev)
+	prevMode := Mode(0)
+	if havePrev {
+		prevMode = Mode(prev.Mode)
+	}
+	mode, createdClsact, err := s.attachProg(ns, l, key, prog, progFor(hook, dp), dev, prevMode)
 	if err != nil {
 		undoFq()
 		return Attachment{}, err
@@ -481,9 +485,15 @@ func (s *Shaper) linkPin(k devKey) string {
 	return filepath.Join(s.pinDir, "links", name)
 }
 
-// attachProg attaches (or swaps in) prog at the device's hook: TCX where the
-// kernel has it, clsact + cls_bpf otherwise. Only "not supported" falls back.
-func (s *Shaper) attachProg(ns *nsRef, l netlink.Link, k devKey, prog *ebpf.Program, name string, dev Device) (Mode, bool, error) {
+// attachProg attaches (or swaps in) prog at the device's hook. A device keeps
+// the mode it has (a TCX link is updated in place, our filter replaced), so
+// no device ever runs two of our programs at one hook. A new device gets
+// clsact + cls_bpf unless the shaper was opened with TCX or another tool's
+// TCX programs are at the hook: then TCX, where we choose our place among
+// them (a legacy filter would run only after them, and not at all after
+// one that ends the chain). TCX falls back to legacy only when the kernel
+// does not support it.
+func (s *Shaper) attachProg(ns *nsRef, l netlink.Link, k devKey, prog *ebpf.Program, name string, dev Device, prev Mode) (Mode, bool, error) {
 	pin := s.linkPin(k)
 	if old, err := link.LoadPinnedLink(pin, nil); err == nil {
 		defer old.Close()
@@ -495,6 +505,20 @@ func (s *Shaper) attachProg(ns *nsRef, l netlink.Link, k devKey, prog *ebpf.Prog
 		}
 		// A pin for a device that is gone (its ifindex reused): drop it.
 		old.Unpin()
+	}
+	if prev == ModeLegacy {
+		created, err := attachLegacy(ns, l, prog, name, dev, k.Hook)
+		return ModeLegacy, created, err
+	}
+	if !s.tcx {
+		others, err := tcxPrograms(ns, k)
+		if err != nil {
+			return 0, false, fmt.Errorf("device %s: %w", dev, err)
+		}
+		if others == 0 {
+			created, err := attachLegacy(ns, l, prog, name, dev, k.Hook)
+			return ModeLegacy, created, err
+		}
 	}
 
 	// The policer goes first at ingress, so no other program's redirect can
@@ -526,6 +550,25 @@ func (s *Shaper) attachProg(ns *nsRef, l netlink.Link, k devKey, prog *ebpf.Prog
 	}
 	created, err := attachLegacy(ns, l, prog, name, dev, k.Hook)
 	return ModeLegacy, created, err
+}
+
+// tcxPrograms counts the TCX programs at the device's hook (none of them
+// ours: a TCX attachment of ours has a pin and was updated in place). A
+// kernel without TCX has none.
+func tcxPrograms(ns *nsRef, k devKey) (int, error) {
+	var res *link.QueryResult
+	err := ns.do(func() error {
+		var err error
+		res, err = link.QueryPrograms(link.QueryOptions{Target: int(k.Ifindex), Attach: k.Hook.tcx()})
+		return err
+	})
+	switch {
+	case errors.Is(err, ebpf.ErrNotSupported), errors.Is(err, unix.EINVAL):
+		return 0, nil
+	case err != nil:
+		return 0, fmt.Errorf("query TCX programs at %s: %w", k.Hook.side(), err)
+	}
+	return len(res.Programs), nil
 }
 
 func attachLegacy(ns *nsRef, l netlink.Link, prog *ebpf.Program, name string, dev Device, hook Hook) (bool, error) {

@@ -206,7 +206,8 @@ func TestRootProgramAttachModes(t *testing.T) {
 	l, _ := ns.link(app)
 	key := devKey{NetnsIno: ns.ino, Ifindex: uint32(l.Attrs().Index)}
 
-	mode, _, err := s.attachProg(ns, l, key, prog, progName, app)
+	s.tcx = true // TCX where the kernel has it (the default is tested in TestRootAttachModePolicy)
+	mode, _, err := s.attachProg(ns, l, key, prog, progName, app, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,6 +243,137 @@ func TestRootProgramAttachModes(t *testing.T) {
 	if got := inspect(t, app); !slices.Equal(got.egressProgs, []string{"tc:" + foreign}) || !got.hasClsact {
 		t.Fatalf("detach removed more than ours: %+v", got)
 	}
+}
+
+// TestRootAttachModePolicy: a new device gets clsact + cls_bpf; one where
+// another tool's TCX program already sits at the hook gets TCX, placed last
+// at egress and first at ingress; a device keeps the mode it was attached
+// with whichever way the next shaper prefers, and never carries two of ours.
+func TestRootAttachModePolicy(t *testing.T) {
+	s := openTestShaper(t)
+	for _, b := range []Budget{{Name: "p1", Rate: 1e6}, {Name: "p2", Rate: 2e6}} {
+		if err := s.UpsertBudget(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tcxShaper, err := Open(Options{PinDir: s.PinDir(), TCX: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcxShaper.Close()
+
+	// Without sch_fq (this project's build host) the shaping hook runs
+	// the policing variant; the mode policy is the same.
+	noFq := errors.Is(FqSupport(), ErrNoFq)
+	shape := progName
+	if noFq {
+		shape = limitName
+	}
+
+	// The default: legacy, on every kernel.
+	app, host := testPair(t)
+	a, err := s.Attach(app, "p1", AttachOptions{NoFq: noFq})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := inspect(t, app).egressProgs; a.Mode != ModeLegacy || !slices.Equal(got, []string{"tc:" + shape}) {
+		t.Fatalf("default attach: mode %s, egress %v; want tc and our filter alone", a.Mode, got)
+	}
+	// A legacy device stays legacy for a shaper that prefers TCX.
+	if a, err = tcxShaper.Attach(app, "p2", AttachOptions{NoFq: noFq}); err != nil {
+		t.Fatal(err)
+	}
+	if got := inspect(t, app).egressProgs; a.Mode != ModeLegacy || !slices.Equal(got, []string{"tc:" + shape}) {
+		t.Fatalf("re-attach by a TCX shaper: mode %s, egress %v; want the legacy filter swapped in place", a.Mode, got)
+	}
+
+	// Another tool's TCX programs at both hooks of the host-side device.
+	hostNs, err := openNetns(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostNs.close()
+	hl, _ := hostNs.link(host)
+	foreign, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "operator_tcx", Type: ebpf.SchedCLS, License: "MIT",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}, // TCX_NEXT
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer foreign.Close()
+	for _, at := range []ebpf.AttachType{ebpf.AttachTCXEgress, ebpf.AttachTCXIngress} {
+		fl, err := link.AttachTCX(link.TCXOptions{Interface: hl.Attrs().Index, Program: foreign, Attach: at})
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			t.Logf("kernel %s has no TCX: only the default and the mode-keeping were checked", kernelRelease(t))
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fl.Close()
+	}
+	sh, err := s.Attach(host, "p1", AttachOptions{NoFq: noFq})
+	if err != nil {
+		t.Fatal(err)
+	}
+	po, err := s.Attach(host, "p1", AttachOptions{Hook: HookPolice})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sh.Mode != ModeTCX || po.Mode != ModeTCX {
+		t.Fatalf("beside another tool's TCX programs: shaper %s, policer %s; want tcx for both", sh.Mode, po.Mode)
+	}
+	eg, in := tcxOrder(t, hostNs, hl, ebpf.AttachTCXEgress), tcxOrder(t, hostNs, hl, ebpf.AttachTCXIngress)
+	if !slices.Equal(eg, []string{"operator_tcx", shape}) || !slices.Equal(in, []string{policeName, "operator_tcx"}) {
+		t.Fatalf("TCX order: egress %v, ingress %v; want ours last at egress and first at ingress", eg, in)
+	}
+	if st := inspect(t, host); st.hasClsact {
+		t.Fatalf("TCX attach added a clsact: %+v", st)
+	}
+
+	// A TCX device stays TCX for the default shaper (the link is updated in place).
+	if sh, err = s.Attach(host, "p2", AttachOptions{NoFq: noFq}); err != nil {
+		t.Fatal(err)
+	}
+	if eg := tcxOrder(t, hostNs, hl, ebpf.AttachTCXEgress); sh.Mode != ModeTCX || !slices.Equal(eg, []string{"operator_tcx", shape}) || inspect(t, host).hasClsact {
+		t.Fatalf("re-attach of a TCX device: mode %s, egress %v", sh.Mode, eg)
+	}
+	if err := s.Detach(host); err != nil {
+		t.Fatal(err)
+	}
+	if eg, in := tcxOrder(t, hostNs, hl, ebpf.AttachTCXEgress), tcxOrder(t, hostNs, hl, ebpf.AttachTCXIngress); !slices.Equal(eg, []string{"operator_tcx"}) || !slices.Equal(in, []string{"operator_tcx"}) {
+		t.Fatalf("after detach: egress %v, ingress %v; want only the other tool's", eg, in)
+	}
+}
+
+// tcxOrder lists the names of the TCX programs at one hook of l, in run order.
+func tcxOrder(t *testing.T, ns *nsRef, l netlink.Link, at ebpf.AttachType) []string {
+	t.Helper()
+	var names []string
+	err := ns.do(func() error {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: at})
+		if err != nil {
+			return err
+		}
+		for _, p := range res.Programs {
+			prog, err := ebpf.NewProgramFromID(p.ID)
+			if err != nil {
+				return err
+			}
+			info, err := prog.Info()
+			prog.Close()
+			if err != nil {
+				return err
+			}
+			names = append(names, info.Name)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("list TCX programs: %v", err)
+	}
+	return names
 }
 
 // foreignFilter puts another tool's cls_bpf filter at egress (prio 10).
@@ -566,4 +698,12 @@ func TestRootPoliceLegacyAndSharedClsact(t *testing.T) {
 	if st := inspect(t, host); !slices.Equal(st.ingressProgs, []string{"tc:" + foreign}) || !st.hasClsact {
 		t.Fatalf("detach removed more than ours: %+v", st)
 	}
+}
+
+func kernelRelease(t *testing.T) string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	return unix.ByteSliceToString(u.Release[:])
 }

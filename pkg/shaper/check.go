@@ -117,7 +117,10 @@ func probeFq() error {
 // an operator whose kernel has no fq: "module" when the running kernel's
 // module directory ships sch_fq.ko (it can be loaded), "builtin" when the
 // kernel lists it as built in, "" when neither (or the list is unreadable).
-func FqModule() string {
+// Read once per process: a degraded apply asks once per device.
+var FqModule = sync.OnceValue(fqModule)
+
+func fqModule() string {
 	var uts unix.Utsname
 	if err := unix.Uname(&uts); err != nil {
 		return ""

@@ -101,8 +101,8 @@ func v1Install(t *testing.T, dir string, dev Device, v1ID uint32, b Budget) (map
 		t.Fatal(err)
 	}
 	key := devKey{NetnsIno: ns.ino, Ifindex: uint32(l.Attrs().Index), Hook: HookShape}
-	old := &Shaper{pinDir: dir} // only for its attach code, which the v1 layout shared
-	mode, ownClsact, err := old.attachProg(ns, l, key, prog, limitName, dev)
+	old := &Shaper{pinDir: dir, tcx: true} // its attach code, which the v1 layout shared (TCX where the kernel had it)
+	mode, ownClsact, err := old.attachProg(ns, l, key, prog, limitName, dev, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -110,18 +110,15 @@ func (a *app) device(d Direction) shaper.Device {
 // container cannot reach it), as reconcile attaches it next to every app-egress shaper.
 func (a *app) backstop() shaper.Device { return shaper.Device{Name: a.hostDev} }
 
-// attachBackstop attaches budget's policer at the app's host-side veth ingress, in the mode the
-// kernel has (TCX from 6.6, clsact + cls_bpf before).
+// attachBackstop attaches budget's policer at the app's host-side veth ingress.
 func attachBackstop(t *testing.T, s *shaper.Shaper, a *app, budget string) {
 	t.Helper()
 	at, err := s.Attach(a.backstop(), budget, shaper.AttachOptions{Hook: shaper.HookPolice})
 	if err != nil {
 		t.Fatalf("attach backstop of %s on %s: %v", budget, a.hostDev, err)
 	}
+	// clsact + cls_bpf on every kernel: nothing else here attaches with TCX (shaper.Options.TCX).
 	want := shaper.ModeLegacy
-	if kernelAtLeast(6, 6) {
-		want = shaper.ModeTCX
-	}
 	if at.Mode != want || at.Hook != shaper.HookPolice {
 		t.Errorf("backstop on %s: mode %s hook %s on kernel %s, want %s police", a.hostDev, at.Mode, at.Hook, vmresult.Kernel(), want)
 	}
@@ -185,9 +182,6 @@ func attach(t *testing.T, s *shaper.Shaper, dev shaper.Device, budget string) sh
 		t.Fatalf("attach %s to %s: %v", dev, budget, err)
 	}
 	want := shaper.ModeLegacy
-	if kernelAtLeast(6, 6) {
-		want = shaper.ModeTCX
-	}
 	if a.Mode != want {
 		t.Errorf("attach %s: mode %s on kernel %s, want %s", dev, a.Mode, vmresult.Kernel(), want)
 	}
