@@ -6,8 +6,8 @@
 // computes an earliest departure time (skb->tstamp) from the packet's budget:
 // one virtual FIFO clock per budget, advanced by wire_len / rate. fq holds the
 // packet until that time. Any number of devices (in any netns) share a budget:
-// each attachment is its own program instance whose read-only budget_id picks
-// the budget, so no per-packet lookup depends on an ifindex.
+// the attachment names the budget (a read-only budget_id, or the cls_bpf
+// filter's classid; see budget_of), so no per-packet lookup depends on an ifindex.
 //
 // Three refinements over plain EDT (see docs/DESIGN.md for the measurements):
 //  - drop horizon: a packet whose budget backlog *before* it exceeds
@@ -138,8 +138,21 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } netshape_flows SEC(".maps");
 
-// Set by the loader for each attachment.
+// Which budget a packet is charged to, set by the loader. An instance for a
+// TCX link (or BPF_PROG_TEST_RUN) has its budget's slot as budget_id. With
+// cls_bpf one instance serves every budget (from_classid set): cls_bpf puts
+// the filter's classid in tc_classid before it runs the program, and the
+// loader gives each filter its budget's slot as classid. A verifier run per
+// budget cost more than everything else in shaping a thousand containers.
+// tc_classid is read only then: at a TCX hook it holds whatever the stack
+// left in skb->cb.
 volatile const __u32 budget_id = 0;
+volatile const __u32 from_classid = 0;
+
+static __always_inline __u32 budget_of(struct __sk_buff *skb)
+{
+	return from_classid ? skb->tc_classid : budget_id;
+}
 
 // TC_ACT_UNSPEC (== TCX_NEXT) lets any other program or filter on the device
 // run and decide; we only ever add a timestamp or drop.
@@ -179,7 +192,7 @@ int netshape_count(struct __sk_buff *skb)
 		if (segs > 1)
 			len += (__u64)(segs - 1) * MIN_SEG_HEADER;
 	}
-	__u32 id = budget_id;
+	__u32 id = budget_of(skb);
 	struct budget_cfg *cfg = bpf_map_lookup_elem(&netshape_cfg, &id);
 	// A free slot (no budget there) passes uncounted; a budget switched
 	// from count-only to a rate counts here until the device is re-attached.
@@ -209,7 +222,7 @@ static __always_inline int pass_unlimited(__u32 id, struct budget_cfg *cfg, stru
 SEC("tc")
 int netshape_limit(struct __sk_buff *skb)
 {
-	__u32 id = budget_id;
+	__u32 id = budget_of(skb);
 	struct budget_cfg *cfg = bpf_map_lookup_elem(&netshape_cfg, &id);
 	if (!cfg)
 		return PASS;
@@ -261,7 +274,7 @@ int netshape_limit(struct __sk_buff *skb)
 SEC("tc")
 int netshape_edt(struct __sk_buff *skb)
 {
-	__u32 id = budget_id;
+	__u32 id = budget_of(skb);
 	struct budget_cfg *cfg = bpf_map_lookup_elem(&netshape_cfg, &id);
 	if (!cfg)
 		return PASS;
@@ -420,7 +433,7 @@ struct {
 SEC("tc")
 int netshape_police(struct __sk_buff *skb)
 {
-	__u32 id = budget_id;
+	__u32 id = budget_of(skb);
 	struct budget_cfg *cfg = bpf_map_lookup_elem(&netshape_cfg, &id);
 	if (!cfg || !cfg->rate_bps)
 		return PASS;

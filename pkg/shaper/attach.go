@@ -270,11 +270,6 @@ func (s *Shaper) Attach(dev Device, budget string, opts AttachOptions) (Attachme
 		att.Unchanged = true
 		return att, nil
 	}
-	prog, err := s.load(id, budget, progFor(hook, dp))
-	if err != nil {
-		return Attachment{}, err
-	}
-
 	if dp == DatapathPolicing && cfg.Flags&budgetNoFq == 0 {
 		// Before the first packet is policed here: the budget's backstop
 		// must allow the no-fq policer's burst (bpf/edt.c BUDGET_NOFQ).
@@ -305,7 +300,7 @@ func (s *Shaper) Attach(dev Device, budget string, opts AttachOptions) (Attachme
 	if havePrev {
 		prevMode = Mode(prev.Mode)
 	}
-	mode, createdClsact, err := s.attachProg(ns, l, key, prog, progFor(hook, dp), dev, prevMode)
+	mode, createdClsact, err := s.attachProg(ns, l, key, id, budget, progFor(hook, dp), dev, prevMode)
 	if err != nil {
 		undoFq()
 		return Attachment{}, err
@@ -357,7 +352,10 @@ func (s *Shaper) inPlace(ns *nsRef, l netlink.Link, k devKey, v devVal, dp Datap
 			return false
 		}
 		for _, f := range filters {
-			if bf, ok := f.(*netlink.BpfFilter); ok && bf.Name == progFor(k.Hook, dp) {
+			// The classid is the budget the shared instance charges; a
+			// filter from before it (a budget's own instance, classid 0)
+			// is replaced by it.
+			if bf, ok := f.(*netlink.BpfFilter); ok && bf.Name == progFor(k.Hook, dp) && bf.ClassId == v.Budget {
 				return true
 			}
 		}
@@ -370,7 +368,9 @@ func (s *Shaper) program(id uint32, budget string, hook Hook) (*ebpf.Program, er
 	return s.load(id, budget, hook.prog())
 }
 
-// load returns the named program's instance whose budget_id constant is id.
+// load returns the named program's instance whose budget_id constant is id,
+// or with id 0 (sharedID) the one instance that every cls_bpf filter runs,
+// which takes its budget from the filter's classid.
 func (s *Shaper) load(id uint32, budget, name string) (*ebpf.Program, error) {
 	k := progKey{id, name}
 	defer s.lockProgram(k)()
@@ -384,6 +384,12 @@ func (s *Shaper) load(id uint32, budget, name string) (*ebpf.Program, error) {
 	spec := s.spec.Copy()
 	if err := spec.Variables["budget_id"].Set(id); err != nil {
 		return nil, fmt.Errorf("set budget id of %s program: %w", name, err)
+	}
+	if err := spec.Variables["from_classid"].Set(uint32(b2u(id == sharedID))); err != nil {
+		return nil, fmt.Errorf("set the budget source of %s program: %w", name, err)
+	}
+	if id == sharedID {
+		budget = "(any, by classid)"
 	}
 	// Load only the one program (LoadAndAssign loads what it is asked for
 	// and the maps that program uses), against the pinned maps.
@@ -485,44 +491,85 @@ func (s *Shaper) linkPin(k devKey) string {
 	return filepath.Join(s.pinDir, "links", name)
 }
 
-// attachProg attaches (or swaps in) prog at the device's hook. A device keeps
-// the mode it has (a TCX link is updated in place, our filter replaced), so
-// no device ever runs two of our programs at one hook. A new device gets
-// clsact + cls_bpf unless the shaper was opened with TCX or another tool's
-// TCX programs are at the hook: then TCX, where we choose our place among
-// them (a legacy filter would run only after them, and not at all after
-// one that ends the chain). TCX falls back to legacy only when the kernel
-// does not support it.
-func (s *Shaper) attachProg(ns *nsRef, l netlink.Link, k devKey, prog *ebpf.Program, name string, dev Device, prev Mode) (Mode, bool, error) {
+// sharedID is the budget id of the program instances cls_bpf filters run:
+// budget ids start at 1, and the filter's classid carries the real one.
+const sharedID = 0
+
+func b2u(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// attachProg attaches (or swaps in) the named program for budget id at the
+// device's hook. A device keeps the mode it has (a TCX link is updated in
+// place, our filter replaced), so no device ever runs two of our programs
+// at one hook. A new device gets clsact + cls_bpf, running the one shared
+// instance with the budget's id as the filter's classid, unless the shaper
+// was opened with TCX or another tool's TCX programs are at the hook: then
+// TCX and the budget's own instance, placed where we choose among theirs (a
+// legacy filter would run only after them, and not at all after one that
+// ends the chain). TCX falls back to legacy only when the kernel lacks it.
+func (s *Shaper) attachProg(ns *nsRef, l netlink.Link, k devKey, id uint32, budget, name string, dev Device, prev Mode) (Mode, bool, error) {
+	useTCX, err := s.wantTCX(ns, k, prev)
+	if err != nil {
+		return 0, false, fmt.Errorf("device %s: %w", dev, err)
+	}
+	if useTCX {
+		prog, err := s.load(id, budget, name)
+		if err != nil {
+			return 0, false, err
+		}
+		err = s.attachTCX(ns, k, prog, name, dev)
+		if err == nil {
+			return ModeTCX, false, nil
+		}
+		if !errors.Is(err, link.ErrNotSupported) {
+			return 0, false, err
+		}
+	}
+	prog, err := s.load(sharedID, budget, name)
+	if err != nil {
+		return 0, false, err
+	}
+	created, err := attachLegacy(ns, l, prog, name, dev, k.Hook, id)
+	return ModeLegacy, created, err
+}
+
+// wantTCX decides the mode of an attach (see attachProg). A pinned TCX link
+// of a device that is gone (its ifindex reused) is dropped on the way.
+func (s *Shaper) wantTCX(ns *nsRef, k devKey, prev Mode) (bool, error) {
 	pin := s.linkPin(k)
 	if old, err := link.LoadPinnedLink(pin, nil); err == nil {
 		defer old.Close()
 		if info, err := old.Info(); err == nil && info.TCX() != nil && info.TCX().Ifindex == k.Ifindex && ebpf.AttachType(info.TCX().AttachType) == k.Hook.tcx() {
-			if err := old.Update(prog); err != nil {
-				return 0, false, fmt.Errorf("device %s: swap in %s program: %w", dev, name, err)
-			}
-			return ModeTCX, false, nil
+			return true, nil
 		}
-		// A pin for a device that is gone (its ifindex reused): drop it.
 		old.Unpin()
 	}
 	if prev == ModeLegacy {
-		created, err := attachLegacy(ns, l, prog, name, dev, k.Hook)
-		return ModeLegacy, created, err
+		return false, nil
 	}
-	if !s.tcx {
-		others, err := tcxPrograms(ns, k)
-		if err != nil {
-			return 0, false, fmt.Errorf("device %s: %w", dev, err)
-		}
-		if others == 0 {
-			created, err := attachLegacy(ns, l, prog, name, dev, k.Hook)
-			return ModeLegacy, created, err
-		}
+	if s.tcx {
+		return true, nil
 	}
+	others, err := tcxPrograms(ns, k)
+	return others > 0, err
+}
 
-	// The policer goes first at ingress, so no other program's redirect can
-	// carry a frame past the backstop; the shaper goes last at egress.
+// attachTCX updates the device's pinned TCX link to prog, or attaches and
+// pins a new one. The policer goes first at ingress, so no other program's
+// redirect can carry a frame past the backstop; the shaper goes last at egress.
+func (s *Shaper) attachTCX(ns *nsRef, k devKey, prog *ebpf.Program, name string, dev Device) error {
+	pin := s.linkPin(k)
+	if old, err := link.LoadPinnedLink(pin, nil); err == nil {
+		defer old.Close()
+		if err := old.Update(prog); err != nil {
+			return fmt.Errorf("device %s: swap in %s program: %w", dev, name, err)
+		}
+		return nil
+	}
 	anchor := link.Tail()
 	if k.Hook == HookPolice {
 		anchor = link.Head()
@@ -538,18 +585,14 @@ func (s *Shaper) attachProg(ns *nsRef, l netlink.Link, k devKey, prog *ebpf.Prog
 		})
 		return err
 	})
-	if err == nil {
-		defer tcx.Close()
-		if err := tcx.Pin(pin); err != nil {
-			return 0, false, fmt.Errorf("device %s: pin TCX link at %s: %w", dev, pin, err)
-		}
-		return ModeTCX, false, nil
+	if err != nil {
+		return fmt.Errorf("device %s: attach %s program with TCX: %w", dev, name, err)
 	}
-	if !errors.Is(err, link.ErrNotSupported) {
-		return 0, false, fmt.Errorf("device %s: attach %s program with TCX: %w", dev, name, err)
+	defer tcx.Close()
+	if err := tcx.Pin(pin); err != nil {
+		return fmt.Errorf("device %s: pin TCX link at %s: %w", dev, pin, err)
 	}
-	created, err := attachLegacy(ns, l, prog, name, dev, k.Hook)
-	return ModeLegacy, created, err
+	return nil
 }
 
 // tcxPrograms counts the TCX programs at the device's hook (none of them
@@ -571,7 +614,9 @@ func tcxPrograms(ns *nsRef, k devKey) (int, error) {
 	return len(res.Programs), nil
 }
 
-func attachLegacy(ns *nsRef, l netlink.Link, prog *ebpf.Program, name string, dev Device, hook Hook) (bool, error) {
+// attachLegacy puts prog in our cls_bpf filter at the hook (added, or
+// replaced in place), classid naming the budget for the shared instance.
+func attachLegacy(ns *nsRef, l netlink.Link, prog *ebpf.Program, name string, dev Device, hook Hook, classid uint32) (bool, error) {
 	created := false
 	if err := ns.nl.QdiscAdd(clsact(l)); err == nil {
 		created = true
@@ -605,6 +650,7 @@ func attachLegacy(ns *nsRef, l netlink.Link, prog *ebpf.Program, name string, de
 		},
 		Fd:           prog.FD(),
 		Name:         name,
+		ClassId:      classid,
 		DirectAction: true,
 	}
 	if err := ns.nl.FilterReplace(f); err != nil {

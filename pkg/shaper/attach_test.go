@@ -207,7 +207,7 @@ func TestRootProgramAttachModes(t *testing.T) {
 	key := devKey{NetnsIno: ns.ino, Ifindex: uint32(l.Attrs().Index)}
 
 	s.tcx = true // TCX where the kernel has it (the default is tested in TestRootAttachModePolicy)
-	mode, _, err := s.attachProg(ns, l, key, prog, progName, app, 0)
+	mode, _, err := s.attachProg(ns, l, key, id, "modes", progName, app, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +227,7 @@ func TestRootProgramAttachModes(t *testing.T) {
 
 	// Legacy explicitly (the path Debian 6.1 takes), with a foreign filter beside ours.
 	foreign := foreignFilter(t, ns, l)
-	created, err := attachLegacy(ns, l, prog, progName, app, HookShape)
+	created, err := attachLegacy(ns, l, prog, progName, app, HookShape, id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -652,12 +652,12 @@ func TestRootPoliceLegacyAndSharedClsact(t *testing.T) {
 	}
 
 	// Shaper first: it creates the clsact; the policer finds it there.
-	created, err := attachLegacy(ns, l, shape, progName, host, HookShape)
+	created, err := attachLegacy(ns, l, shape, progName, host, HookShape, iid)
 	if err != nil || !created {
 		t.Fatalf("legacy shaper: created %v, %v", created, err)
 	}
 	shapeVal := record(HookShape, iid, true)
-	created, err = attachLegacy(ns, l, police, policeName, host, HookPolice)
+	created, err = attachLegacy(ns, l, police, policeName, host, HookPolice, eid)
 	if err != nil || created {
 		t.Fatalf("legacy policer: created %v, %v; want it to find the clsact", created, err)
 	}
@@ -686,7 +686,7 @@ func TestRootPoliceLegacyAndSharedClsact(t *testing.T) {
 
 	// Beside a foreign ingress filter: ours goes, theirs and their clsact stay.
 	foreign := foreignFilterAt(t, ns, l, netlink.HANDLE_MIN_INGRESS)
-	if created, err := attachLegacy(ns, l, police, policeName, host, HookPolice); err != nil || created {
+	if created, err := attachLegacy(ns, l, police, policeName, host, HookPolice, eid); err != nil || created {
 		t.Fatalf("legacy policer beside a foreign filter: created %v, %v", created, err)
 	}
 	if st := inspect(t, host); !slices.Equal(st.ingressProgs, []string{"tc:" + policeName, "tc:" + foreign}) {

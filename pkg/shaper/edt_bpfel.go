@@ -88,6 +88,7 @@ const (
 	edtProgNetshapeLimit  = "netshape_limit"
 	edtProgNetshapePolice = "netshape_police"
 	edtVarBudgetId        = "budget_id"
+	edtVarFromClassid     = "from_classid"
 )
 
 // loadEdt returns the embedded CollectionSpec for edt.
@@ -155,7 +156,8 @@ type edtMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type edtVariableSpecs struct {
-	BudgetId *ebpf.VariableSpec `ebpf:"budget_id"`
+	BudgetId    *ebpf.VariableSpec `ebpf:"budget_id"`
+	FromClassid *ebpf.VariableSpec `ebpf:"from_classid"`
 }
 
 // edtObjects contains all objects after they have been loaded into the kernel.
@@ -203,7 +205,8 @@ func (m *edtMaps) Close() error {
 //
 // It can be passed to loadEdtObjects or ebpf.CollectionSpec.LoadAndAssign.
 type edtVariables struct {
-	BudgetId *ebpf.Variable `ebpf:"budget_id"`
+	BudgetId    *ebpf.Variable `ebpf:"budget_id"`
+	FromClassid *ebpf.Variable `ebpf:"from_classid"`
 }
 
 // edtPrograms contains all programs after they have been loaded into the kernel.

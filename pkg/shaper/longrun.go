@@ -7,8 +7,9 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// Preload loads a budget's programs now (the EDT shaper and the backstop
-// policer, or the count program of a count-only budget), so a later Attach by this Shaper does not wait for the verifier
+// Preload loads the programs a budget's attachments run now (the shared
+// instances cls_bpf filters run; with Options.TCX also the budget's own EDT
+// shaper and backstop policer, or its count program), so a later Attach by this Shaper does not wait for the verifier
 // (hundreds of milliseconds per program under emulation). A long-running
 // process calls it after budgets change; a Shaper keeps its programs until Close.
 func (s *Shaper) Preload(budget string) error {
@@ -22,6 +23,17 @@ func (s *Shaper) Preload(budget string) error {
 	cfg, _, err := s.budgetCfg(id)
 	if err != nil {
 		return fmt.Errorf("preload budget %q: %w", budget, err)
+	}
+	// The shared instances (cls_bpf, every budget) are loaded once per
+	// Shaper, all four: whichever a device needs next is ready. A budget's
+	// own instances serve TCX attachments only.
+	for _, n := range []string{progName, policeName, countName, limitName} {
+		if _, err := s.load(sharedID, "", n); err != nil {
+			return err
+		}
+	}
+	if !s.tcx {
+		return nil
 	}
 	names := []string{progName, policeName}
 	if cfg.Flags&budgetCountOnly != 0 {

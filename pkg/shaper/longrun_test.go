@@ -45,17 +45,31 @@ func TestRootPreloadLoadsTheBudgetsProgram(t *testing.T) {
 	if err := s.Preload("app/_default_/egress"); err != nil {
 		t.Fatal(err)
 	}
-	id, _, _ := s.lookupID("app/_default_/egress")
-	for _, h := range hooks {
-		s.mu.Lock()
-		p := s.progs[progKey{id, h.prog()}]
-		s.mu.Unlock()
-		if p == nil {
-			t.Fatalf("no %s program cached after Preload", h.prog())
+	s.mu.Lock()
+	loaded := len(s.progs)
+	for _, n := range []string{progName, policeName, countName, limitName} {
+		if s.progs[progKey{sharedID, n}] == nil {
+			t.Errorf("no shared %s instance cached after Preload", n)
 		}
-		// Attach uses the same instance.
-		if q, err := s.program(id, "app/_default_/egress", h); err != nil || q != p {
-			t.Fatalf("%s program after Preload: %v %v, want the preloaded one", h.prog(), q, err)
+	}
+	s.mu.Unlock()
+	if loaded != 4 {
+		t.Fatalf("%d program instances after Preload; want the 4 shared ones", loaded)
+	}
+	// Attach (cls_bpf, the default) uses them: nothing more is loaded.
+	app, host := testPair(t)
+	noFq := errors.Is(FqSupport(), ErrNoFq)
+	for _, a := range []struct {
+		dev  Device
+		hook Hook
+	}{{app, HookShape}, {host, HookPolice}} {
+		if _, err := s.Attach(a.dev, "app/_default_/egress", AttachOptions{Hook: a.hook, NoFq: noFq}); err != nil {
+			t.Fatal(err)
 		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.progs) != loaded {
+		t.Fatalf("%d program instances after two attaches; want the %d preloaded", len(s.progs), loaded)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/dokku-netshape/dokku-netshape/test/nettest"
 	"github.com/dokku-netshape/dokku-netshape/test/tools/traffic"
 )
@@ -101,8 +102,14 @@ func v1Install(t *testing.T, dir string, dev Device, v1ID uint32, b Budget) (map
 		t.Fatal(err)
 	}
 	key := devKey{NetnsIno: ns.ino, Ifindex: uint32(l.Attrs().Index), Hook: HookShape}
-	old := &Shaper{pinDir: dir, tcx: true} // its attach code, which the v1 layout shared (TCX where the kernel had it)
-	mode, ownClsact, err := old.attachProg(ns, l, key, prog, limitName, dev, 0)
+	// The v1 layout attached a budget's own instance with TCX where the kernel had it.
+	old := &Shaper{pinDir: dir}
+	mode, ownClsact := ModeTCX, false
+	err = old.attachTCX(ns, key, prog, limitName, dev)
+	if errors.Is(err, link.ErrNotSupported) {
+		mode = ModeLegacy
+		ownClsact, err = attachLegacy(ns, l, prog, limitName, dev, HookShape, 0)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

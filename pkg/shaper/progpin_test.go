@@ -43,6 +43,16 @@ func pinnedProgs(t *testing.T, dir string) []string {
 	return out
 }
 
+// sharedPins are the pin names of the four shared instances (cls_bpf), which
+// Preload always loads; a budget's own instances are for TCX (Options.TCX).
+func sharedPins() []string {
+	var out []string
+	for _, n := range []string{progName, policeName, countName, limitName} {
+		out = append(out, fmt.Sprintf("%s_%s_%d", objectTag(), n, sharedID))
+	}
+	return out
+}
+
 func budgetID(t *testing.T, s *Shaper, name string) uint32 {
 	t.Helper()
 	id, found, err := s.lookupID(name)
@@ -57,6 +67,7 @@ func budgetID(t *testing.T, s *Shaper, name string) uint32 {
 // kernel program, no new load. An attachment's program is reused too.
 func TestRootProgramPinsReused(t *testing.T) {
 	s := openTestShaper(t)
+	s.tcx = true
 	app, _ := testPair(t)
 	if err := s.UpsertBudget(Budget{Name: "app/egress", Rate: 20e6}); err != nil {
 		t.Fatal(err)
@@ -66,7 +77,7 @@ func TestRootProgramPinsReused(t *testing.T) {
 	}
 	id := budgetID(t, s, "app/egress")
 	tag := objectTag()
-	want := []string{fmt.Sprintf("%s_%s_%d", tag, progName, id), fmt.Sprintf("%s_%s_%d", tag, policeName, id)}
+	want := append(sharedPins(), fmt.Sprintf("%s_%s_%d", tag, progName, id), fmt.Sprintf("%s_%s_%d", tag, policeName, id))
 	slices.Sort(want)
 	if got := pinnedProgs(t, s.PinDir()); !slices.Equal(got, want) {
 		t.Fatalf("pinned programs after Preload: %q, want %q", got, want)
@@ -86,7 +97,7 @@ func TestRootProgramPinsReused(t *testing.T) {
 	attached := progFor(HookShape, a.Datapath)
 	first[attached] = progID(t, s.progs[progKey{id, attached}])
 
-	s2, err := Open(Options{PinDir: s.PinDir()})
+	s2, err := Open(Options{PinDir: s.PinDir(), TCX: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,8 +120,10 @@ func TestRootProgramPinsReused(t *testing.T) {
 	if err := s2.RemoveBudget("app/egress"); err != nil {
 		t.Fatal(err)
 	}
-	if got := pinnedProgs(t, s.PinDir()); len(got) != 0 {
-		t.Fatalf("pinned programs after RemoveBudget: %q", got)
+	shared := sharedPins()
+	slices.Sort(shared)
+	if got := pinnedProgs(t, s.PinDir()); !slices.Equal(got, shared) {
+		t.Fatalf("pinned programs after RemoveBudget: %q, want only the shared %q", got, shared)
 	}
 }
 
@@ -118,6 +131,7 @@ func TestRootProgramPinsReused(t *testing.T) {
 // (uninstall) takes the rest.
 func TestRootProgramPinsGoWithTheirBudget(t *testing.T) {
 	s := openTestShaper(t)
+	s.tcx = true
 	for _, b := range []Budget{{Name: "a/egress", Rate: 1e6}, {Name: "b/egress", Rate: 1e6}, {Name: "c/count", CountOnly: true}} {
 		if err := s.UpsertBudget(b); err != nil {
 			t.Fatal(err)
@@ -126,8 +140,8 @@ func TestRootProgramPinsGoWithTheirBudget(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := pinnedProgs(t, s.PinDir()); len(got) != 5 {
-		t.Fatalf("pinned programs: %q, want 5 (two per shaping budget, one for the count-only)", got)
+	if got := pinnedProgs(t, s.PinDir()); len(got) != 4+5 {
+		t.Fatalf("pinned programs: %q, want the 4 shared and 5 (two per shaping budget, one for the count-only)", got)
 	}
 	a, b := budgetID(t, s, "a/egress"), budgetID(t, s, "b/egress")
 	if err := s.RemoveBudget("a/egress"); err != nil {
@@ -155,6 +169,7 @@ func TestRootProgramPinsGoWithTheirBudget(t *testing.T) {
 // and never used.
 func TestRootProgramPinsOfAnotherBuildAreRemoved(t *testing.T) {
 	s := openTestShaper(t)
+	s.tcx = true
 	if err := s.UpsertBudget(Budget{Name: "a/egress", Rate: 1e6}); err != nil {
 		t.Fatal(err)
 	}
@@ -176,8 +191,8 @@ func TestRootProgramPinsOfAnotherBuildAreRemoved(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s2.Close()
-	if got := pinnedProgs(t, s.PinDir()); slices.Contains(got, stale) || len(got) != 2 {
-		t.Fatalf("after Open: %q, want only this build's two", got)
+	if got := pinnedProgs(t, s.PinDir()); slices.Contains(got, stale) || len(got) != 4+2 {
+		t.Fatalf("after Open: %q, want only this build's 4 shared and 2 of the budget", got)
 	}
 }
 
