@@ -495,6 +495,10 @@ func (s *Shaper) linkPin(k devKey) string {
 // budget ids start at 1, and the filter's classid carries the real one.
 const sharedID = 0
 
+// The kernel keeps the classid it hands the program in a 16-bit field
+// (qdisc_skb_cb's tc_classid): every slot must fit.
+const _ = uint16(maxBudgets)
+
 func b2u(b bool) uint8 {
 	if b {
 		return 1
