@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 )
@@ -37,5 +38,26 @@ func TestRootBudgetSlotsFull(t *testing.T) {
 	}
 	if err := it.Err(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The default horizon holds two 64 KiB packets (a GSO burst of a local TCP
+// sender, a GRO train of a forwarded one) where 20 ms would not, never less
+// than 20 ms or 8 full frames, and stretches for them to at most 250 ms.
+func TestDefaultHorizonHoldsTwoGSOPackets(t *testing.T) {
+	for _, c := range []struct {
+		rate uint64
+		want time.Duration
+	}{
+		{1_000_000_000, 20 * time.Millisecond},
+		{100_000_000, 20 * time.Millisecond},       // two GSO packets take 10.5 ms
+		{20_000_000, 52_428_800 * time.Nanosecond}, // one takes 26.2 ms
+		{10_000_000, 104_857_600 * time.Nanosecond},
+		{1_000_000, 250 * time.Millisecond},                        // capped (two would take 1.05 s)
+		{MinRate, time.Duration(8*1514*8) * time.Second / MinRate}, // 8 frames: 9.7 s
+	} {
+		if got := DefaultHorizon(c.rate); got != c.want {
+			t.Errorf("DefaultHorizon(%d bit/s) = %s, want %s", c.rate, got, c.want)
+		}
 	}
 }
