@@ -236,7 +236,7 @@ func (s *Shaper) UpsertBudget(b Budget) error {
 }
 
 // policeCfg is the policer config for b. When b lets through less than the
-// budget's current config (a lower rate or a shorter tolerance), packets EDT
+// budget's current config (a lower rate, or a smaller burst: rate × tolerance), packets EDT
 // already stamped at the old rate are still on their way: the policer gets a
 // one-off credit of what the old config could have had ahead of its clock
 // (plus one GSO packet), usable while those packets drain (twice the old
@@ -266,7 +266,11 @@ func (s *Shaper) policeCfg(id uint32, b Budget) (edtPoliceCfg, error) {
 	if oldTol == 0 { // a budget made before the policer existed
 		oldTol = Budget{Rate: old.RateBps, Horizon: time.Duration(old.HorizonNs)}.PoliceTolerance()
 	}
-	if b.Rate >= old.RateBps && newTol >= oldTol {
+	// What is in flight left at most the old rate plus the old burst (rate
+	// × tolerance, in bytes); a config that allows both lets it through.
+	// In time the tolerance may shrink: the default horizon does as the rate
+	// rises past 20 Mbit/s, while the burst it allows in bytes grows.
+	if b.Rate >= old.RateBps && bytesIn(b.Rate, newTol) >= bytesIn(old.RateBps, oldTol) {
 		return pc, nil // nothing in flight can outrun the new config
 	}
 	now := monotonicNow()

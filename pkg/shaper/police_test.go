@@ -93,8 +93,10 @@ func TestRootPoliceTolerance(t *testing.T) {
 		b    Budget
 		want time.Duration
 	}{
-		{Budget{Rate: 20e6}, 2*20*time.Millisecond + PoliceJitter},
-		{Budget{Rate: 1e6}, 2*8*frameTime(1e6) + PoliceJitter},
+		{Budget{Rate: 100e6}, 2*20*time.Millisecond + PoliceJitter},
+		{Budget{Rate: 20e6}, 2*52428800*time.Nanosecond + PoliceJitter}, // two 64 KiB packets at 20 Mbit/s
+		{Budget{Rate: 1e6}, 2*250*time.Millisecond + PoliceJitter},
+		{Budget{Rate: MinRate}, 2*8*frameTime(MinRate) + PoliceJitter},
 		{Budget{Rate: 20e6, Horizon: time.Second}, 2*time.Second + PoliceJitter},
 	} {
 		if got := tc.b.PoliceTolerance(); got != tc.want {
@@ -115,7 +117,7 @@ func TestRootPolicePassesPacedStream(t *testing.T) {
 	p := newTestPolicer(t, s, Budget{Name: "paced", Rate: rate})
 	p.setTAT(-time.Second)
 	// Express: sparse packets leave at once while the budget clock runs up to
-	// 2x the horizon (40 ms) ahead; a full 2x horizon of them arrives at once.
+	// 2x the horizon (131 ms at this rate) ahead; a full 2x horizon of them arrives at once.
 	burst := int(2 * DefaultHorizon(rate) / (size * time.Microsecond))
 	for i := 0; i < burst; i++ {
 		if r := p.police(frameOf(0x0800, size), 0); r != tcActUnspc {
@@ -123,7 +125,7 @@ func TestRootPolicePassesPacedStream(t *testing.T) {
 		}
 	}
 	// Then the bulk stream at exactly the rate: frame i is due at start + i ms,
-	// after the burst's 40 ms. Sending late (a loaded machine) only helps it.
+	// after the burst. Sending late (a loaded machine) only helps it.
 	start := time.Now().Add(time.Duration(burst) * time.Millisecond)
 	for i := 0; i < n; i++ {
 		time.Sleep(time.Until(start.Add(time.Duration(i) * time.Millisecond)))
@@ -393,5 +395,31 @@ func TestRootPoliceUnknownBudgetPasses(t *testing.T) {
 		if r := p.police(frameOf(0x0800, 1500), 0); r != tcActUnspc {
 			t.Fatalf("budget removed: verdict %d, want pass", int32(r))
 		}
+	}
+}
+
+// A rate increase under the default horizon shortens the policer's tolerance
+// in time (the horizon shrinks from 52 ms at 20 Mbit/s to 21 ms at 50) but
+// allows a larger burst in bytes: nothing in flight can outrun it, so no
+// credit. The same rate with a shorter horizon allows less: credit.
+func TestRootPoliceNoCreditWhenTheBurstGrows(t *testing.T) {
+	s := openTestShaper(t)
+	p := newTestPolicer(t, s, Budget{Name: "grow", Rate: 20e6})
+	credit := func(b Budget) edtPoliceCfg {
+		t.Helper()
+		if err := s.UpsertBudget(b); err != nil {
+			t.Fatal(err)
+		}
+		var pc edtPoliceCfg
+		if err := s.maps.NetshapePcfg.Lookup(p.id, &pc); err != nil {
+			t.Fatal(err)
+		}
+		return pc
+	}
+	if pc := credit(Budget{Name: "grow", Rate: 50e6}); pc.CreditSeq != 0 || time.Duration(pc.TolNs) >= p.tol {
+		t.Fatalf("20 -> 50 Mbit/s: %+v; want a shorter tolerance than %s and no credit", pc, p.tol)
+	}
+	if pc := credit(Budget{Name: "grow", Rate: 50e6, Horizon: 5 * time.Millisecond}); pc.CreditSeq != 1 || pc.CreditBytes == 0 {
+		t.Fatalf("a shorter horizon at the same rate: %+v; want a credit", pc)
 	}
 }
