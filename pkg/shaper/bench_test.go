@@ -1,8 +1,11 @@
 package shaper
 
 import (
+	"errors"
 	"testing"
 	"time"
+
+	"github.com/dokku-netshape/dokku-netshape/test/nettest"
 )
 
 // BenchmarkEDTPacket is the datapath's cost per packet, measured by the kernel
@@ -69,4 +72,47 @@ func openBenchShaper(b *testing.B) *Shaper {
 	}
 	b.Cleanup(func() { s.Destroy() })
 	return s
+}
+
+// BenchmarkAttachDetach is one attach and one detach of a device's shaping
+// program (a container start and stop), per op: with clsact + cls_bpf (the
+// default) and with TCX, whose attach and detach each wait out an RCU grace
+// period while holding RTNL. The program instances are loaded before the
+// timer starts, as the watcher's are.
+func BenchmarkAttachDetach(b *testing.B) {
+	nettest.RequireRoot(b)
+	noFq := errors.Is(FqSupport(), ErrNoFq)
+	for _, mode := range []struct {
+		name string
+		tcx  bool
+	}{{"tc", false}, {"tcx", true}} {
+		b.Run(mode.name, func(b *testing.B) {
+			s, err := Open(Options{PinDir: "/sys/fs/bpf/netshape-bench-attach", TCX: mode.tcx})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { s.Destroy() })
+			if err := s.UpsertBudget(Budget{Name: "attach", Rate: 20e6}); err != nil {
+				b.Fatal(err)
+			}
+			if err := s.Preload("attach"); err != nil {
+				b.Fatal(err)
+			}
+			p := nettest.NewPair(b, nettest.NewNetns(b, "att"), nil, 61)
+			dev := Device{Name: p.NameB}
+			b.ResetTimer()
+			for range b.N {
+				a, err := s.Attach(dev, "attach", AttachOptions{NoFq: noFq})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if mode.tcx && a.Mode != ModeTCX {
+					b.Skipf("kernel has no TCX: attached with %s", a.Mode)
+				}
+				if err := s.Detach(dev); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
