@@ -385,7 +385,11 @@ func (s *Shaper) load(id uint32, budget, name string) (*ebpf.Program, error) {
 	if err := spec.Variables["budget_id"].Set(id); err != nil {
 		return nil, fmt.Errorf("set budget id of %s program: %w", name, err)
 	}
-	if err := spec.Variables["from_classid"].Set(uint32(b2u(id == sharedID))); err != nil {
+	fromClassid := uint32(0)
+	if id == sharedID {
+		fromClassid = 1
+	}
+	if err := spec.Variables["from_classid"].Set(fromClassid); err != nil {
 		return nil, fmt.Errorf("set the budget source of %s program: %w", name, err)
 	}
 	if id == sharedID {
@@ -499,13 +503,6 @@ const sharedID = 0
 // (qdisc_skb_cb's tc_classid): every slot must fit.
 const _ = uint16(maxBudgets)
 
-func b2u(b bool) uint8 {
-	if b {
-		return 1
-	}
-	return 0
-}
-
 // attachProg attaches (or swaps in) the named program for budget id at the
 // device's hook. A device keeps the mode it has (a TCX link is updated in
 // place, our filter replaced), so no device ever runs two of our programs
@@ -516,16 +513,19 @@ func b2u(b bool) uint8 {
 // legacy filter would run only after them, and not at all after one that
 // ends the chain). TCX falls back to legacy only when the kernel lacks it.
 func (s *Shaper) attachProg(ns *nsRef, l netlink.Link, k devKey, id uint32, budget, name string, dev Device, prev Mode) (Mode, bool, error) {
-	useTCX, err := s.wantTCX(ns, k, prev)
+	pinned, useTCX, err := s.wantTCX(ns, k, prev)
 	if err != nil {
 		return 0, false, fmt.Errorf("device %s: %w", dev, err)
+	}
+	if pinned != nil {
+		defer pinned.Close()
 	}
 	if useTCX {
 		prog, err := s.load(id, budget, name)
 		if err != nil {
 			return 0, false, err
 		}
-		err = s.attachTCX(ns, k, prog, name, dev)
+		err = s.attachTCX(ns, k, pinned, prog, name, dev)
 		if err == nil {
 			return ModeTCX, false, nil
 		}
@@ -541,39 +541,39 @@ func (s *Shaper) attachProg(ns *nsRef, l netlink.Link, k devKey, id uint32, budg
 	return ModeLegacy, created, err
 }
 
-// wantTCX decides the mode of an attach (see attachProg). A pinned TCX link
+// wantTCX decides the mode of an attach (see attachProg). It returns the
+// device's pinned TCX link when there is one (the caller closes it); a pin
 // of a device that is gone (its ifindex reused) is dropped on the way.
-func (s *Shaper) wantTCX(ns *nsRef, k devKey, prev Mode) (bool, error) {
-	pin := s.linkPin(k)
-	if old, err := link.LoadPinnedLink(pin, nil); err == nil {
-		defer old.Close()
+func (s *Shaper) wantTCX(ns *nsRef, k devKey, prev Mode) (link.Link, bool, error) {
+	if old, err := link.LoadPinnedLink(s.linkPin(k), nil); err == nil {
 		if info, err := old.Info(); err == nil && info.TCX() != nil && info.TCX().Ifindex == k.Ifindex && ebpf.AttachType(info.TCX().AttachType) == k.Hook.tcx() {
-			return true, nil
+			return old, true, nil
 		}
 		old.Unpin()
+		old.Close()
 	}
 	if prev == ModeLegacy {
-		return false, nil
+		return nil, false, nil
 	}
 	if s.tcx {
-		return true, nil
+		return nil, true, nil
 	}
 	others, err := tcxPrograms(ns, k)
-	return others > 0, err
+	return nil, others > 0, err
 }
 
-// attachTCX updates the device's pinned TCX link to prog, or attaches and
-// pins a new one. The policer goes first at ingress, so no other program's
-// redirect can carry a frame past the backstop; the shaper goes last at egress.
-func (s *Shaper) attachTCX(ns *nsRef, k devKey, prog *ebpf.Program, name string, dev Device) error {
-	pin := s.linkPin(k)
-	if old, err := link.LoadPinnedLink(pin, nil); err == nil {
-		defer old.Close()
-		if err := old.Update(prog); err != nil {
+// attachTCX updates the device's pinned TCX link (pinned, when not nil) to
+// prog, or attaches and pins a new one. The policer goes first at ingress, so
+// no other program's redirect can carry a frame past the backstop; the
+// shaper goes last at egress.
+func (s *Shaper) attachTCX(ns *nsRef, k devKey, pinned link.Link, prog *ebpf.Program, name string, dev Device) error {
+	if pinned != nil {
+		if err := pinned.Update(prog); err != nil {
 			return fmt.Errorf("device %s: swap in %s program: %w", dev, name, err)
 		}
 		return nil
 	}
+	pin := s.linkPin(k)
 	anchor := link.Tail()
 	if k.Hook == HookPolice {
 		anchor = link.Head()

@@ -2,6 +2,7 @@ package shaper
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -69,23 +70,13 @@ func inspect(t *testing.T, dev Device) devState {
 				}
 			}
 		}
-		ns.do(func() error {
-			res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: side.attach})
-			if err != nil {
-				return nil // no TCX on this kernel
-			}
-			for _, p := range res.Programs {
-				prog, err := ebpf.NewProgramFromID(p.ID)
-				if err != nil {
-					t.Errorf("open attached program %d: %v", p.ID, err)
-					continue
-				}
-				info, _ := prog.Info()
-				*side.out = append(*side.out, "tcx:"+info.Name)
-				prog.Close()
-			}
-			return nil
-		})
+		names, err := tcxNames(ns, l, side.attach)
+		if err != nil && !errors.Is(err, errNoQuery) {
+			t.Errorf("list TCX programs: %v", err)
+		}
+		for _, n := range names {
+			*side.out = append(*side.out, "tcx:"+n)
+		}
 		slices.Sort(*side.out)
 	}
 	return st
@@ -350,11 +341,23 @@ func TestRootAttachModePolicy(t *testing.T) {
 // tcxOrder lists the names of the TCX programs at one hook of l, in run order.
 func tcxOrder(t *testing.T, ns *nsRef, l netlink.Link, at ebpf.AttachType) []string {
 	t.Helper()
+	names, err := tcxNames(ns, l, at)
+	if err != nil {
+		t.Fatalf("list TCX programs: %v", err)
+	}
+	return names
+}
+
+// errNoQuery: the kernel could not be asked (no TCX): no programs.
+var errNoQuery = errors.New("no TCX query")
+
+// tcxNames lists the names of the TCX programs at one hook of l, in run order.
+func tcxNames(ns *nsRef, l netlink.Link, at ebpf.AttachType) ([]string, error) {
 	var names []string
 	err := ns.do(func() error {
 		res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: at})
 		if err != nil {
-			return err
+			return fmt.Errorf("%w: %v", errNoQuery, err)
 		}
 		for _, p := range res.Programs {
 			prog, err := ebpf.NewProgramFromID(p.ID)
@@ -370,10 +373,7 @@ func tcxOrder(t *testing.T, ns *nsRef, l netlink.Link, at ebpf.AttachType) []str
 		}
 		return nil
 	})
-	if err != nil {
-		t.Fatalf("list TCX programs: %v", err)
-	}
-	return names
+	return names, err
 }
 
 // foreignFilter puts another tool's cls_bpf filter at egress (prio 10).

@@ -118,8 +118,11 @@ type BudgetStatus struct {
 }
 
 // frameTime is how long one full frame takes at rate bits/s.
-func frameTime(rate uint64) time.Duration {
-	return time.Duration(uint64(wireMTU*8) * uint64(time.Second) / rate)
+func frameTime(rate uint64) time.Duration { return timeFor(wireMTU, rate) }
+
+// timeFor is how long n bytes take at rate bits/s (bytesIn's inverse).
+func timeFor(n, rate uint64) time.Duration {
+	return time.Duration(n * 8 * uint64(time.Second) / rate)
 }
 
 // DefaultHorizon is the drop horizon for a rate: 20 ms, or 8 full frames at
@@ -132,7 +135,7 @@ func frameTime(rate uint64) time.Duration {
 // reduction (20 Mbit/s held 85 % for one forwarded flow, 68 % for 16 local
 // ones, in the peer comparison).
 func DefaultHorizon(rate uint64) time.Duration {
-	gso := min(horizonGSOs*time.Duration(uint64(maxGSO*8)*uint64(time.Second)/rate), gsoHorizonMax)
+	gso := min(horizonGSOs*timeFor(maxGSO, rate), gsoHorizonMax)
 	return max(20*time.Millisecond, 8*frameTime(rate), gso)
 }
 

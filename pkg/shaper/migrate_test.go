@@ -105,7 +105,7 @@ func v1Install(t *testing.T, dir string, dev Device, v1ID uint32, b Budget) (map
 	// The v1 layout attached a budget's own instance with TCX where the kernel had it.
 	old := &Shaper{pinDir: dir}
 	mode, ownClsact := ModeTCX, false
-	err = old.attachTCX(ns, key, prog, limitName, dev)
+	err = old.attachTCX(ns, key, nil, prog, limitName, dev)
 	if errors.Is(err, link.ErrNotSupported) {
 		mode = ModeLegacy
 		ownClsact, err = attachLegacy(ns, l, prog, limitName, dev, HookShape, 0)
