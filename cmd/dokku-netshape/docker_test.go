@@ -82,9 +82,10 @@ func qdiscs(t *testing.T, pid int, dev string) string {
 }
 
 // On this host (no sch_fq) an egress limit is enforced degraded: the budget
-// policed by the program itself, no pacing and no qdisc. set must say so on
-// the device's line, exit 0, leave the qdiscs of both veth ends as they were,
-// and report must show the same.
+// policed by the program itself, no pacing and no queueing qdisc. set must say
+// so on the device's line, exit 0, add nothing to either veth end but the
+// clsact hook that holds our filter, and report must show the same; clear
+// must leave both ends exactly as they were.
 func TestDockerSetEgressWithoutFqDegrades(t *testing.T) {
 	nettest.RequireRoot(t)
 	if nettest.HaveFq(t) {
@@ -112,12 +113,8 @@ func TestDockerSetEgressWithoutFqDegrades(t *testing.T) {
 		strings.Contains(o.stderr, "NOT ENFORCED") {
 		t.Errorf("output does not say the device is limited, degraded, once:\n%s\nwant stdout to contain %q and stderr %q once", o, wantOut, wantErr)
 	}
-	if got := qdiscs(t, pid, ""); got != inside {
-		t.Errorf("container qdiscs changed:\n%s\n---\n%s", inside, got)
-	}
-	if got := qdiscs(t, 0, host); got != outside {
-		t.Errorf("host veth %s qdiscs changed:\n%s\n---\n%s", host, outside, got)
-	}
+	wantOnlyClsactAdded(t, "container", inside, qdiscs(t, pid, ""))
+	wantOnlyClsactAdded(t, "host veth "+host, outside, qdiscs(t, 0, host))
 	wantProp(t, e, "resource", app, "_default_.limit.network-egress", "20mbit")
 	if st := e.shaperState(t); strings.Count(st, "attachment") != 2 {
 		t.Errorf("want the degraded shaper and its backstop recorded:\n%s", st)
@@ -125,6 +122,31 @@ func TestDockerSetEgressWithoutFqDegrades(t *testing.T) {
 	rep := mustRun(t, "dokku-netshape", "report", app, "--netshape-shaped")
 	if want := fmt.Sprintf("%s.web.1/%s egress (%s)", app, eth, shaper.DegradedNoFq); !strings.Contains(rep.stdout, want) {
 		t.Errorf("report --netshape-shaped:\n%s\nwant it to contain %q", rep.stdout, want)
+	}
+	mustRun(t, "dokku-netshape", "clear", app, "--egress")
+	if got := qdiscs(t, pid, ""); got != inside {
+		t.Errorf("container qdiscs after clear:\n%s\n---\n%s", inside, got)
+	}
+	if got := qdiscs(t, 0, host); got != outside {
+		t.Errorf("host veth %s qdiscs after clear:\n%s\n---\n%s", host, outside, got)
+	}
+}
+
+// wantOnlyClsactAdded: after is before plus one clsact qdisc (the hook our
+// cls_bpf filters hang from), nothing that queues.
+func wantOnlyClsactAdded(t *testing.T, where, before, after string) {
+	t.Helper()
+	var rest []string
+	added := 0
+	for _, line := range strings.Split(after, "\n") {
+		if strings.HasPrefix(line, "qdisc clsact ffff:") {
+			added++
+			continue
+		}
+		rest = append(rest, line)
+	}
+	if added != 1 || strings.Join(rest, "\n") != before {
+		t.Errorf("%s qdiscs: want the old ones plus one clsact:\n%s\n---\n%s", where, before, after)
 	}
 }
 
@@ -255,7 +277,5 @@ func TestDockerPostDeploy(t *testing.T) {
 			t.Errorf("post-deploy stderr lacks %q once:\n%s", want, o.stderr)
 		}
 	}
-	if got := qdiscs(t, pid, ""); got != inside {
-		t.Errorf("container qdiscs changed:\n%s\n---\n%s", inside, got)
-	}
+	wantOnlyClsactAdded(t, "container", inside, qdiscs(t, pid, ""))
 }
