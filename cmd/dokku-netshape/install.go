@@ -118,7 +118,9 @@ func unitContent(self string) string {
 		}
 	}
 	// Wants, not Requires: a Docker restart must not stop the watcher; it
-	// reconnects and resyncs by itself.
+	// reconnects and resyncs by itself. CPUWeight: under systemd the apps'
+	// containers are sibling cgroups, where the watcher's own nice value
+	// (watch --nice) does not reach; a start must not wait for their CPU.
 	return `[Unit]
 Description=dokku-netshape: re-apply Dokku app limits when Docker (re)creates containers
 After=docker.service
@@ -126,6 +128,7 @@ Wants=docker.service
 
 [Service]
 ` + env.String() + `ExecStart=` + self + ` watch
+CPUWeight=1000
 Restart=always
 RestartSec=2
 

@@ -175,7 +175,7 @@ func TestRootInstallWritesSudoersAndUnit(t *testing.T) {
 		"After=docker.service\nWants=docker.service\n\n[Service]\n" +
 		"Environment=\"DOKKU_ROOT=/home/dokku\"\nEnvironment=\"DOKKU_LIB_ROOT=/var/lib/dokku\"\n" +
 		"Environment=\"DOKKU_SYSTEM_USER=dokku\"\nEnvironment=\"DOKKU_SYSTEM_GROUP=dokku\"\n" +
-		"ExecStart=" + self + " watch\nRestart=always\nRestartSec=2\n\n[Install]\nWantedBy=multi-user.target\n"
+		"ExecStart=" + self + " watch\nCPUWeight=1000\nRestart=always\nRestartSec=2\n\n[Install]\nWantedBy=multi-user.target\n"
 	wantFile(t, e.unit, wantUnit, 0o644)
 
 	unit := filepath.Base(e.unit)

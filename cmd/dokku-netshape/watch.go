@@ -25,11 +25,20 @@ func watchCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "metrics-addr", EnvVars: []string{envMetricsAddr},
 				Usage: "serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9479 (default: the --global metrics-addr property, else off)"},
+			&cli.BoolFlag{Name: "realtime", Value: true,
+				Usage: "shape starts at real-time priority (SCHED_RR 1), so busy apps cannot delay the shaping of a started container; --realtime=false: the normal scheduler at --nice"},
+			&cli.IntFlag{Name: "nice", Value: defaultWatchNice,
+				Usage: "nice value, -20 (first) to 19 (last), for the resync of every app and with --realtime=false"},
 		},
 		Action: func(c *cli.Context) error {
 			if os.Geteuid() != 0 {
 				return errors.New("watch must run as root (it attaches BPF programs)")
 			}
+			if n := c.Int("nice"); n < -20 || n > 19 {
+				return fmt.Errorf("--nice %d: want -20 (first) to 19 (last)", n)
+			}
+			warn := func(msg string) { fmt.Fprintf(os.Stderr, " !     netshape watch: %s\n", msg) }
+			sched := watchSched(schedPolicy{realtime: c.Bool("realtime"), nice: c.Int("nice")}, warn)
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			docker, err := newDocker()
@@ -64,6 +73,18 @@ func watchCommand() *cli.Command {
 						k.do(func(r *reconcile.Reconciler) error { return reconcileApp(ctx, r, app) }))
 				},
 				Resync: func(ctx context.Context) error {
+					if sched.realtime {
+						// Every app at once: at normal priority, so no app waits for it.
+						normal := schedPolicy{nice: sched.nice}
+						if err := setSched(normal); err != nil {
+							warn(err.Error())
+						}
+						defer func() {
+							if err := setSched(sched); err != nil {
+								warn(err.Error())
+							}
+						}()
+					}
 					apps, err := env.Apps()
 					if err != nil {
 						return err

@@ -408,6 +408,16 @@ func (f *flow) info() (*unix.TCPInfo, error) {
 	return info, serr
 }
 
+// tcpCAOpen is TCP_CA_Open (include/net/tcp.h): no loss, SACK or ECN reduction under way.
+const tcpCAOpen = 0
+
+// recovering: the flow's sender knows of a lost or out-of-order segment (a stopped or broken
+// flow recovers nothing).
+func (f *flow) recovering() bool {
+	info, err := f.info()
+	return err == nil && info.Ca_state != tcpCAOpen
+}
+
 // wireFactor converts received payload to bytes on the wire, which is what a budget's rate counts
 // (as tc does): each full segment of snd_mss payload carries Ethernet+IPv4+TCP headers and,
 // when negotiated, the timestamp option. Bulk writes of 64 KiB keep segments full-sized.

@@ -160,7 +160,7 @@ func latencyRun(t *testing.T, d Direction, rate float64, ecn bool, extraRTT time
 
 	f := startFlow(t, snd, sink.Addr().String(), warmup+aloneWindow+20*time.Second)
 	// The bulk flow alone first, so its rate beside the RR flow has a reference from the same run.
-	alone, elAlone := window([]*traffic.Sink{sink}, warmup, aloneWindow)
+	alone, elAlone := window([]*traffic.Sink{sink}, []*flow{f}, warmup, aloneWindow)
 	re0 := retransSegs(t, snd)
 	st0 := stats(t, s, name)
 	b0, t0 := sink.Bytes(), time.Now()

@@ -90,7 +90,7 @@ func TestVMIsolatedBudgets(t *testing.T) {
 				senders = append(senders, snd)
 			}
 			re0 := []int64{retransSegs(t, senders[0]), retransSegs(t, senders[1])}
-			rates, el := window(sinks, 0, shareWindow)
+			rates, el := window(sinks, fs, 0, shareWindow)
 			re := []int64{retransSegs(t, senders[0]) - re0[0], retransSegs(t, senders[1]) - re0[1]}
 			wf := fs[0].wireFactor(t)
 			for _, f := range fs {

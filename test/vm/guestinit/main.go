@@ -162,7 +162,7 @@ func setupNewRoot(spec *vmspec.Spec) error {
 			return err
 		}
 	}
-	holdMemcgKey()
+	holdCgroupKeys()
 	links := map[string]string{
 		"/dev/fd":     "/proc/self/fd",
 		"/dev/stdin":  "/proc/self/fd/0",
@@ -327,17 +327,3 @@ func uptime() string {
 	return f[0]
 }
 
-// holdMemcgKey brings a memory cgroup online at boot, while nothing else runs: the kernel patches
-// its memcg static key (int3-based text patching) when the first one appears. Under qemu TCG that
-// patching raced a CPU inside kmem_cache_alloc and oopsed 6.12 guests when dockerd's first container
-// started (twice in a row on one test). Once the key is on it is never patched again. Best effort:
-// a guest without the memory controller only loses the workaround.
-func holdMemcgKey() {
-	if err := os.WriteFile("/sys/fs/cgroup/cgroup.subtree_control", []byte("+memory"), 0o644); err != nil {
-		fmt.Fprintf(os.Stderr, "guestinit: enable the memory controller: %v\n", err)
-		return
-	}
-	if err := os.Mkdir("/sys/fs/cgroup/netshape-memcg-key", 0o755); err != nil && !os.IsExist(err) {
-		fmt.Fprintf(os.Stderr, "guestinit: hold the memcg static key: %v\n", err)
-	}
-}
