@@ -29,7 +29,9 @@ var heldCgroupKeys []link.Link
 // allow-all device program holds them all. Best effort: a guest where a step fails only loses
 // that part of the workaround.
 func holdCgroupKeys() {
-	warn := func(what string, err error) { fmt.Fprintf(os.Stderr, "guestinit: hold cgroup keys: %s: %v\n", what, err) }
+	warn := func(what string, err error) {
+		fmt.Fprintf(os.Stderr, "guestinit: hold cgroup keys: %s: %v\n", what, err)
+	}
 	for _, c := range []string{"+memory", "+cpuset", "+cpu"} {
 		if err := os.WriteFile("/sys/fs/cgroup/cgroup.subtree_control", []byte(c), 0o644); err != nil {
 			warn("enable "+c[1:], err)

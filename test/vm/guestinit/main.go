@@ -326,4 +326,3 @@ func uptime() string {
 	}
 	return f[0]
 }
-
