@@ -201,10 +201,13 @@ func (s *Shaper) UpsertBudget(b Budget) error {
 	if err != nil {
 		return err
 	}
+	fresh := false
 	if !found {
-		if id, err = s.allocateID(b.Name); err != nil {
+		if id, fresh, err = s.allocateID(b.Name); err != nil {
 			return err
 		}
+	}
+	if fresh {
 		// A new budget starts from a clean slot, whatever an interrupted
 		// run left in it; its config stays all zero (the datapath passes)
 		// until it is written below.
@@ -500,7 +503,7 @@ func (s *Shaper) allNames() (map[uint32]string, error) {
 // unlikely that a just-freed slot goes to another budget at once. Claiming
 // the name entry with UpdateNoExist is what makes a slot ours, so two
 // processes can never both take one.
-func (s *Shaper) allocateID(name string) (uint32, error) {
+func (s *Shaper) allocateID(name string) (id uint32, fresh bool, err error) {
 	h := fnv.New32a()
 	h.Write([]byte(name))
 	var raw [maxNameLen + 1]byte
@@ -510,17 +513,24 @@ func (s *Shaper) allocateID(name string) (uint32, error) {
 		id := 1 + (start+i)%maxBudgets
 		err := s.names.Update(id, raw, ebpf.UpdateNoExist)
 		if err == nil {
-			return id, nil
+			return id, true, nil
 		}
 		if errors.Is(err, unix.E2BIG) {
 			// The kernel's word for a full map is "argument list too long".
-			return 0, fmt.Errorf("register budget %q: %w", name, errSlotsFull)
+			return 0, false, fmt.Errorf("register budget %q: %w", name, errSlotsFull)
 		}
 		if !errors.Is(err, ebpf.ErrKeyExist) {
-			return 0, fmt.Errorf("register budget %q: %w", name, err)
+			return 0, false, fmt.Errorf("register budget %q: %w", name, err)
+		}
+		// Taken. By this very name, if another process registered it since
+		// lookupID: every allocator of a name walks the same slots, so they
+		// all meet at the one the first of them took (and only it resets it).
+		var held [maxNameLen + 1]byte
+		if err := s.names.Lookup(id, &held); err == nil && held == raw {
+			return id, false, nil
 		}
 	}
-	return 0, fmt.Errorf("register budget %q: %w", name, errSlotsFull)
+	return 0, false, fmt.Errorf("register budget %q: %w", name, errSlotsFull)
 }
 
 // SlotsFree is how many more budgets the maps can take.

@@ -223,7 +223,7 @@ func (s *Shaper) carryV1(old *v1, id uint32, name string) (slot uint32, ok bool,
 		return 0, false, err
 	}
 	if !found {
-		if slot, err = s.allocateID(name); err != nil {
+		if slot, _, err = s.allocateID(name); err != nil {
 			return 0, false, err
 		}
 	}

@@ -431,3 +431,30 @@ func TestRootConcurrentOpensOnAFreshDirectory(t *testing.T) {
 		}
 	}
 }
+
+// TestRootAllocateJoinsANameRegisteredMeanwhile is the window behind
+// concurrent first opens, made deterministic: another process registers a
+// budget's name after this one found it missing. Allocating it then must
+// give the slot already holding that name, not a second slot for the same
+// budget, and must not reset it (fresh is false).
+func TestRootAllocateJoinsANameRegisteredMeanwhile(t *testing.T) {
+	s := openTestShaper(t)
+	other, err := Open(Options{PinDir: s.pinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	const name = "meanwhile/_default_/egress"
+	first, fresh, err := other.allocateID(name)
+	if err != nil || !fresh {
+		t.Fatalf("first allocation: slot %d fresh %v: %v", first, fresh, err)
+	}
+	again, fresh, err := s.allocateID(name) // as if its lookupID had run just before
+	if err != nil || again != first || fresh {
+		t.Fatalf("second allocation of %q: slot %d fresh %v (%v); want slot %d, not fresh", name, again, fresh, err, first)
+	}
+	names, err := s.allNames()
+	if err != nil || len(names) != 1 {
+		t.Fatalf("names: %v %v; want %q once", names, err, name)
+	}
+}
