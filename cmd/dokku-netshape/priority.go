@@ -18,7 +18,7 @@ import (
 // still comes first). Its work per event is a few milliseconds; the kernel's
 // real-time throttling leaves other tasks 5 % even if it ever spun. Work
 // that grows with the whole host (the resync of every app) runs at normal
-// priority (schedNormal), so an app is never starved by it.
+// priority (lowered), so an app is never starved by it.
 const (
 	defaultWatchNice = -10
 	watchRTPriority  = 1
@@ -80,7 +80,8 @@ func setSched(p schedPolicy) error {
 // watchSched applies the watcher's policy, falling back from real-time to
 // the normal scheduler at its nice value (a container, or a kernel whose
 // real-time group scheduling has no budget for this cgroup, refuses it),
-// and says so. It returns the policy in force.
+// and says so. It returns the policy in force (realtime false, nice as asked,
+// when even the normal scheduler's nice value was refused).
 func watchSched(want schedPolicy, warn func(string)) schedPolicy {
 	err := setSched(want)
 	if err == nil {
@@ -95,4 +96,20 @@ func watchSched(want schedPolicy, warn func(string)) schedPolicy {
 	}
 	warn(fmt.Sprintf("%v; going on at the priority it started with", err))
 	return schedPolicy{nice: want.nice}
+}
+
+// lowered runs the normal scheduler at p's nice value until the returned
+// function restores p; a no-op unless p is real-time.
+func (p schedPolicy) lowered(warn func(string)) (restore func()) {
+	if !p.realtime {
+		return func() {}
+	}
+	if err := setSched(schedPolicy{nice: p.nice}); err != nil {
+		warn(err.Error())
+	}
+	return func() {
+		if err := setSched(p); err != nil {
+			warn(err.Error())
+		}
+	}
 }

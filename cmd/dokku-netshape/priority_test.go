@@ -111,3 +111,34 @@ func TestRootSetSchedReachesEveryThread(t *testing.T) {
 		wg.Wait()
 	}
 }
+
+// The resync's lowering: from real-time to the normal scheduler at the
+// policy's nice value, and back when restored.
+func TestRootLoweredRestoresRealtime(t *testing.T) {
+	nettest.RequireRoot(t)
+	var was threadSched
+	for _, s := range threadScheds(t) {
+		was = s
+	}
+	t.Cleanup(func() { setSched(schedPolicy{nice: was.nice}) })
+	p := schedPolicy{realtime: true, nice: -4}
+	if err := setSched(p); err != nil {
+		t.Fatal(err)
+	}
+	var warned []string
+	restore := p.lowered(func(m string) { warned = append(warned, m) })
+	for tid, s := range threadScheds(t) {
+		if s != (threadSched{nice: -4}) {
+			t.Errorf("lowered: thread %s has %+v, want the normal scheduler at nice -4", tid, s)
+		}
+	}
+	restore()
+	for tid, s := range threadScheds(t) {
+		if s.policy != 2 || s.rtPriority != watchRTPriority {
+			t.Errorf("restored: thread %s has %+v, want SCHED_RR %d", tid, s, watchRTPriority)
+		}
+	}
+	if len(warned) != 0 {
+		t.Errorf("warnings: %q", warned)
+	}
+}

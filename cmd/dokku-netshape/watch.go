@@ -73,18 +73,8 @@ func watchCommand() *cli.Command {
 						k.do(func(r *reconcile.Reconciler) error { return reconcileApp(ctx, r, app) }))
 				},
 				Resync: func(ctx context.Context) error {
-					if sched.realtime {
-						// Every app at once: at normal priority, so no app waits for it.
-						normal := schedPolicy{nice: sched.nice}
-						if err := setSched(normal); err != nil {
-							warn(err.Error())
-						}
-						defer func() {
-							if err := setSched(sched); err != nil {
-								warn(err.Error())
-							}
-						}()
-					}
+					// Every app at once: at normal priority, so no app waits for it.
+					defer sched.lowered(warn)()
 					apps, err := env.Apps()
 					if err != nil {
 						return err

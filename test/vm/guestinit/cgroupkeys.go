@@ -10,7 +10,7 @@ import (
 )
 
 // keyCgroup is a cgroup made at boot and kept, empty, for the guest's lifetime.
-const keyCgroup = "/sys/fs/cgroup/netshape-memcg-key"
+const keyCgroup = "/sys/fs/cgroup/netshape-static-keys"
 
 // heldCgroupKeys keeps the boot-time cgroup program attached (see holdTCKeys).
 var heldCgroupKeys []link.Link
